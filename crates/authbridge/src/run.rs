@@ -1,0 +1,273 @@
+//! `authbridge run`: wires config → listeners, starts the routes reloader, serves until
+//! SIGTERM, then drains.
+
+use crate::cli::LogFormat;
+use crate::config::{build_table, ClientAuthKind, Config, Effective, IdentitySource, NoTokenPolicy};
+use outbound_exchange::proxy::{NoTokenPolicy as Policy, Outbound, OutboundSettings};
+use outbound_exchange::routes::{parse_routes_yaml, Route, RouteTable};
+use outbound_exchange::sts::{ClientAuth, StsClient};
+use proxy_core::admin::{self, AdminState};
+use proxy_core::metrics::Metrics;
+use proxy_core::readiness::Readiness;
+use proxy_core::{drain, SoOriginalDst};
+use spiffe_source::JwtSvidProvider;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == LogFormat::Json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn config_error(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(2)
+}
+
+pub fn run(path: &Path, log_format: LogFormat) -> ExitCode {
+    let name = path.display().to_string();
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_error(e),
+    };
+    let eff = match cfg.validate(&name) {
+        Ok(e) => e,
+        Err(e) => return config_error(e),
+    };
+    let file_routes = match &eff.routes_file {
+        Some(p) => match outbound_exchange::routes::load_routes_file(p) {
+            Ok(r) => r,
+            Err(e) => return config_error(e),
+        },
+        None => Vec::new(),
+    };
+    let table = build_table(file_routes, &eff.inline_routes, cfg.outbound.default_policy);
+    if let Err(e) = cfg.validate_exchange(&name, &table) {
+        return config_error(e);
+    }
+    if cfg.inbound.jwt.is_some() || cfg.inbound.mtls == crate::config::MtlsMode::Strict {
+        return config_error(format!(
+            "{name}: inbound: JWT validation and strict mTLS are not available in this build yet; remove inbound.jwt / set inbound.mtls: disabled (AuthBridge refuses to start rather than accept unvalidated traffic)"
+        ));
+    }
+    let sts = match build_sts(&cfg, &eff) {
+        Ok(s) => s,
+        Err(e) => return config_error(format!("{name}: {e}")),
+    };
+    init_tracing(log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(serve(cfg, eff, table, sts))
+}
+
+fn build_sts(cfg: &Config, eff: &Effective) -> Result<Option<StsClient>, String> {
+    let client_id = (!cfg.outbound.client_id.is_empty()).then(|| cfg.outbound.client_id.clone());
+    let auth = match cfg.outbound.client_auth {
+        ClientAuthKind::ClientSecret => {
+            if cfg.outbound.client_secret_file.is_empty() {
+                return Ok(None);
+            }
+            let f = &cfg.outbound.client_secret_file;
+            let secret = std::fs::read_to_string(f)
+                .map_err(|e| format!("outbound.client_secret_file: cannot read {f}: {e}"))?;
+            let secret = secret.trim();
+            if secret.is_empty() {
+                return Err(format!("outbound.client_secret_file: {f} is empty"));
+            }
+            ClientAuth::Secret(Arc::from(secret))
+        }
+        ClientAuthKind::JwtSpiffe => match cfg.identity.source {
+            IdentitySource::Files => ClientAuth::JwtSpiffe {
+                provider: JwtSvidProvider::File {
+                    path: Path::new(&cfg.identity.svid_dir).join("jwt_svid.token"),
+                },
+                audience: (!cfg.outbound.jwt_svid_audience.is_empty())
+                    .then(|| cfg.outbound.jwt_svid_audience.clone()),
+            },
+            _ => return Ok(None),
+        },
+    };
+    StsClient::new(client_id, auth, eff.exchange_timeout).map(Some)
+}
+
+async fn serve(cfg: Config, eff: Effective, table: RouteTable, sts: Option<StsClient>) -> ExitCode {
+    for w in &eff.warnings {
+        tracing::warn!("{w}");
+    }
+    for w in table.warnings() {
+        tracing::warn!("routes: {w}");
+    }
+    tracing::info!(config = %serde_json::to_string(&cfg.dump()).unwrap_or_default(), "effective configuration");
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Readiness::new();
+    let (drain_trigger, drain_watch) = drain::channel();
+
+    let outbound_listener = match tokio::net::TcpListener::bind(eff.outbound_listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: outbound.listen: cannot listen on {}: {e}", eff.outbound_listen);
+            return ExitCode::from(1);
+        }
+    };
+    let admin_listener = match tokio::net::TcpListener::bind(eff.admin_listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: admin.listen: cannot listen on {}: {e}", eff.admin_listen);
+            return ExitCode::from(1);
+        }
+    };
+
+    let needs_sts = sts.is_some();
+    let (routes_tx, routes_rx) = watch::channel(Arc::new(table));
+    if let Some(path) = eff.routes_file.clone() {
+        tokio::spawn(reload_routes(
+            path,
+            eff.inline_routes.clone(),
+            cfg.outbound.default_policy,
+            needs_sts,
+            routes_tx,
+            metrics.clone(),
+        ));
+    }
+    if let (IdentitySource::Files, ClientAuthKind::JwtSpiffe) = (cfg.identity.source, cfg.outbound.client_auth) {
+        let pending = readiness.pending("identity");
+        let path = Path::new(&cfg.identity.svid_dir).join("jwt_svid.token");
+        tokio::spawn(async move {
+            let p = JwtSvidProvider::File { path };
+            let mut logged = false;
+            loop {
+                match p.fetch("").await {
+                    Ok(svid) => {
+                        tracing::info!(spiffe_id = %svid.spiffe_id, "identity loaded (JWT-SVID)");
+                        pending.ready();
+                        return;
+                    }
+                    Err(e) if !logged => {
+                        tracing::warn!(error = %e, "waiting for identity");
+                        logged = true;
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    let settings = OutboundSettings {
+        token_url: (!cfg.outbound.token_url.is_empty()).then(|| cfg.outbound.token_url.clone()),
+        no_token_policy: match cfg.outbound.no_token_policy {
+            NoTokenPolicy::Deny => Policy::Deny,
+            NoTokenPolicy::ClientCredentials => Policy::ClientCredentials,
+            NoTokenPolicy::Passthrough => Policy::Passthrough,
+        },
+        cache: outbound_exchange::cache::CacheConfig {
+            max_entries: cfg.outbound.token_cache_size,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let outbound = Outbound::new(routes_rx, sts, Arc::new(SoOriginalDst), settings, metrics.clone());
+    let dump_cfg = cfg.clone();
+    let state = AdminState {
+        readiness: readiness.clone(),
+        metrics: metrics.clone(),
+        config_dump: Arc::new(move || dump_cfg.dump()),
+    };
+    tracing::info!(outbound = %eff.outbound_listen, admin = %eff.admin_listen, "listening");
+    let out_task = tokio::spawn(outbound.serve(outbound_listener, drain_watch.clone()));
+    let admin_task = tokio::spawn(admin::serve(admin_listener, state, drain_watch.clone()));
+    drop(drain_watch);
+
+    shutdown_signal().await;
+    tracing::info!(grace = ?eff.drain_grace, open = drain_trigger.open_connections(), "draining: listeners closed, finishing in-flight requests");
+    let clean = drain_trigger.drain(eff.drain_grace).await;
+    let _ = out_task.await;
+    admin_task.abort();
+    if clean {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!("grace period over with connections still open; exiting");
+    }
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Polls the routes file (robust to ConfigMap `..data` symlink swaps and rename-over, which
+/// change what the path resolves to) and applies a valid new version within about a second.
+/// An invalid one keeps the routes in effect, logs why and counts the failure.
+async fn reload_routes(
+    path: PathBuf,
+    inline: Vec<Route>,
+    default_policy: outbound_exchange::Action,
+    have_sts: bool,
+    tx: watch::Sender<Arc<RouteTable>>,
+    metrics: Arc<Metrics>,
+) {
+    let mut last = std::fs::read(&path).ok();
+    let name = path.display().to_string();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = match std::fs::read(&path) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::warn!(file = %name, error = %e, "cannot read routes file; keeping the routes in effect");
+                continue;
+            }
+        };
+        if now == last {
+            continue;
+        }
+        let text = now.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+        let result = parse_routes_yaml(&text, &name).map_err(|e| e.to_string()).and_then(|routes| {
+            let table = build_table(routes, &inline, default_policy);
+            if table.needs_exchange() && !have_sts {
+                Err(format!("{name}: the new routes exchange tokens, but no token exchange client is configured (outbound.client_auth / identity)"))
+            } else {
+                Ok(table)
+            }
+        });
+        last = now;
+        match result {
+            Ok(table) => {
+                tracing::info!(file = %name, routes = table.routes.len(), "routes reloaded");
+                for w in table.warnings() {
+                    tracing::warn!("routes: {w}");
+                }
+                metrics.route_reload("success").inc();
+                let _ = tx.send(Arc::new(table));
+            }
+            Err(e) => {
+                metrics.route_reload("failure").inc();
+                tracing::error!(error = %e, "invalid routes file; keeping the routes in effect");
+            }
+        }
+    }
+}
