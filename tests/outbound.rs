@@ -1,7 +1,9 @@
 //! Outbound end to end: the `authbridge` binary as an explicit HTTP proxy in front of real
 //! upstream servers, exchanging tokens at a real STS (oidc-provider, `tests/sts`).
 
-use authbridge_e2e::sts::{Sts, ACCESS_TOKEN_TYPE, JWT_SPIFFE_ASSERTION_TYPE, TOKEN_EXCHANGE_GRANT};
+use authbridge_e2e::sts::{
+    Sts, ACCESS_TOKEN_TYPE, JWT_SPIFFE_ASSERTION_TYPE, TOKEN_EXCHANGE_GRANT,
+};
 use authbridge_e2e::upstream::{client_hello, echo_server, Upstream};
 use authbridge_e2e::{jwt_claims, metric, Proxy, SvidSigner, TempDir};
 use serde_json::Value;
@@ -29,7 +31,10 @@ fn form_field<'a>(req: &'a Value, key: &str) -> Option<&'a str> {
 async fn json(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 #[tokio::test]
@@ -39,7 +44,9 @@ async fn exchange_route_swaps_the_token_with_the_exact_wire_format() {
     let dir = TempDir::new("exch");
     let routes = "- host: \"tool-*.local\"\n  target_audience: tool-aud\n  token_scopes: \"openid tool-scope\"\n- host: \"**\"\n  passthrough: true\n";
     let proxy = Proxy::start(&secret_config(&sts, &dir, routes, ""), dir).await;
-    let user = sts.mint_user_token("alice", "agent", "openid tool-scope").await;
+    let user = sts
+        .mint_user_token("alice", "agent", "openid tool-scope")
+        .await;
     let client = proxy.client();
 
     // Exchange route: reqwest sends absolute-form through the explicit proxy.
@@ -60,7 +67,10 @@ async fn exchange_route_swaps_the_token_with_the_exact_wire_format() {
     // 127.0.0.1 matches the passthrough route, so the token must arrive unchanged.
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["authorization"], format!("Bearer {user}"));
-    assert!(sts.requests().await.is_empty(), "passthrough must not call the STS");
+    assert!(
+        sts.requests().await.is_empty(),
+        "passthrough must not call the STS"
+    );
 
     // Now a host that matches the exchange route, sent as an absolute-form request by hand.
     let mut s = TcpStream::connect(proxy.outbound).await.unwrap();
@@ -79,20 +89,44 @@ async fn exchange_route_swaps_the_token_with_the_exact_wire_format() {
     assert_eq!(reqs.len(), 1, "{reqs:?}");
     let r = &reqs[0];
     assert_eq!(r["method"], "POST");
-    assert!(r["content_type"].as_str().unwrap().starts_with("application/x-www-form-urlencoded"));
+    assert!(r["content_type"]
+        .as_str()
+        .unwrap()
+        .starts_with("application/x-www-form-urlencoded"));
     assert_eq!(form_field(r, "grant_type"), Some(TOKEN_EXCHANGE_GRANT));
     assert_eq!(form_field(r, "subject_token"), Some(user.as_str()));
     assert_eq!(form_field(r, "subject_token_type"), Some(ACCESS_TOKEN_TYPE));
-    assert_eq!(form_field(r, "requested_token_type"), Some(ACCESS_TOKEN_TYPE));
+    assert_eq!(
+        form_field(r, "requested_token_type"),
+        Some(ACCESS_TOKEN_TYPE)
+    );
     assert_eq!(form_field(r, "audience"), Some("tool-aud"));
     assert_eq!(form_field(r, "scope"), Some("openid tool-scope"));
     assert_eq!(form_field(r, "client_id"), Some("agent-secret-client"));
-    assert_eq!(form_field(r, "client_secret"), Some("s3cret"), "secret file is trimmed");
-    let mut keys: Vec<&str> = r["form"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        form_field(r, "client_secret"),
+        Some("s3cret"),
+        "secret file is trimmed"
+    );
+    let mut keys: Vec<&str> = r["form"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort();
     assert_eq!(
         keys,
-        ["audience", "client_id", "client_secret", "grant_type", "requested_token_type", "scope", "subject_token", "subject_token_type"]
+        [
+            "audience",
+            "client_id",
+            "client_secret",
+            "grant_type",
+            "requested_token_type",
+            "scope",
+            "subject_token",
+            "subject_token_type"
+        ]
     );
 }
 
@@ -110,11 +144,22 @@ async fn exchanged_token_reaches_the_tool_and_is_cached() {
 
     let (status, body) = json(client.get(&url).bearer_auth(&user).send().await.unwrap()).await;
     assert_eq!(status, 200, "{body}\n{}", proxy.logs());
-    let got = body["authorization"].as_str().unwrap().strip_prefix("Bearer ").unwrap().to_string();
+    let got = body["authorization"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap()
+        .to_string();
     assert_ne!(got, user, "the tool must not see the user's token");
     let claims = jwt_claims(&got);
     assert_eq!(claims["sub"], "alice");
-    assert!(claims["aud"] == "tool-aud" || claims["aud"].as_array().is_some_and(|a| a.iter().any(|x| x == "tool-aud")), "{claims}");
+    assert!(
+        claims["aud"] == "tool-aud"
+            || claims["aud"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == "tool-aud")),
+        "{claims}"
+    );
     assert_eq!(claims["act"]["sub"], "agent-secret-client");
 
     // Second identical request: served from the cache, same token, no new exchange.
@@ -125,12 +170,27 @@ async fn exchanged_token_reaches_the_tool_and_is_cached() {
     // A different user token is a different cache key.
     let bob = sts.mint_user_token("bob", "agent", "openid").await;
     let (_, body3) = json(client.get(&url).bearer_auth(&bob).send().await.unwrap()).await;
-    assert_eq!(jwt_claims(body3["authorization"].as_str().unwrap().strip_prefix("Bearer ").unwrap())["sub"], "bob");
+    assert_eq!(
+        jwt_claims(
+            body3["authorization"]
+                .as_str()
+                .unwrap()
+                .strip_prefix("Bearer ")
+                .unwrap()
+        )["sub"],
+        "bob"
+    );
     assert_eq!(sts.requests().await.len(), 2);
 
     let m = proxy.metrics().await;
-    assert!(metric(&m, "authbridge_exchange_cache_total{result=\"hit\"}") >= 1.0, "{m}");
-    assert!(metric(&m, "authbridge_token_exchanges_total{result=\"success\"}") >= 2.0, "{m}");
+    assert!(
+        metric(&m, "authbridge_exchange_cache_total{result=\"hit\"}") >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "authbridge_token_exchanges_total{result=\"success\"}") >= 2.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -160,9 +220,16 @@ async fn concurrent_identical_misses_cause_one_exchange() {
         tokens.insert(body["authorization"].as_str().unwrap().to_string());
     }
     assert_eq!(tokens.len(), 1);
-    assert_eq!(sts.requests().await.len(), 1, "16 concurrent identical misses must share one exchange");
+    assert_eq!(
+        sts.requests().await.len(),
+        1,
+        "16 concurrent identical misses must share one exchange"
+    );
     let m = proxy.metrics().await;
-    assert!(metric(&m, "authbridge_exchange_cache_total{result=\"shared\"}") >= 1.0, "{m}");
+    assert!(
+        metric(&m, "authbridge_exchange_cache_total{result=\"shared\"}") >= 1.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -175,7 +242,10 @@ async fn jwt_spiffe_client_assertion_from_the_helper_file_is_reread() {
     std::fs::create_dir_all(&svid_dir).unwrap();
     let first = signer.sign(AGENT_ID, &sts.issuer, 300);
     std::fs::write(svid_dir.join("jwt_svid.token"), format!("{first}\n")).unwrap();
-    dir.write("routes.yaml", "- host: localhost\n  target_audience: tool-aud\n");
+    dir.write(
+        "routes.yaml",
+        "- host: localhost\n  target_audience: tool-aud\n",
+    );
     let config = format!(
         "identity:\n  source: files\n  svid_dir: {{DIR}}/svid\noutbound:\n  listen: \"{{OUT}}\"\n  token_url: {}\n  routes_file: {{DIR}}/routes.yaml\nadmin:\n  listen: \"{{ADMIN}}\"\n",
         sts.token_url
@@ -187,13 +257,30 @@ async fn jwt_spiffe_client_assertion_from_the_helper_file_is_reread() {
     let user = sts.mint_user_token("alice", "agent", "openid").await;
     let (status, body) = json(client.get(&url).bearer_auth(&user).send().await.unwrap()).await;
     assert_eq!(status, 200, "{body}\n{}", proxy.logs());
-    let claims = jwt_claims(body["authorization"].as_str().unwrap().strip_prefix("Bearer ").unwrap());
+    let claims = jwt_claims(
+        body["authorization"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("Bearer ")
+            .unwrap(),
+    );
     assert_eq!(claims["act"]["sub"], AGENT_ID);
     let reqs = sts.requests().await;
     let r = &reqs[0];
-    assert_eq!(form_field(r, "client_assertion_type"), Some(JWT_SPIFFE_ASSERTION_TYPE));
-    assert_eq!(form_field(r, "client_assertion"), Some(first.as_str()), "trimmed JWT-SVID");
-    assert_eq!(form_field(r, "client_id"), Some(AGENT_ID), "client_id defaults to our SPIFFE ID");
+    assert_eq!(
+        form_field(r, "client_assertion_type"),
+        Some(JWT_SPIFFE_ASSERTION_TYPE)
+    );
+    assert_eq!(
+        form_field(r, "client_assertion"),
+        Some(first.as_str()),
+        "trimmed JWT-SVID"
+    );
+    assert_eq!(
+        form_field(r, "client_id"),
+        Some(AGENT_ID),
+        "client_id defaults to our SPIFFE ID"
+    );
     assert!(form_field(r, "client_secret").is_none());
 
     // spiffe-helper rotates the JWT-SVID by rename-over: the next exchange uses the new one.
@@ -205,7 +292,10 @@ async fn jwt_spiffe_client_assertion_from_the_helper_file_is_reread() {
     let (status, _) = json(client.get(&url).bearer_auth(&bob).send().await.unwrap()).await;
     assert_eq!(status, 200);
     let reqs = sts.requests().await;
-    assert_eq!(form_field(&reqs[1], "client_assertion"), Some(second.as_str()));
+    assert_eq!(
+        form_field(&reqs[1], "client_assertion"),
+        Some(second.as_str())
+    );
 
     // An expired JWT-SVID: fail closed with 503, never forward the user's token.
     let expired = signer.sign(AGENT_ID, &sts.issuer, -10);
@@ -224,38 +314,72 @@ async fn failures_answer_the_agent_and_never_leak_tokens() {
     let sts = Sts::builder().start().await;
     let up = Upstream::start().await;
     let dir = TempDir::new("fail");
-    let routes = "- host: localhost\n  target_audience: tool-aud\n- host: 127.0.0.2\n  action: deny\n";
+    let routes =
+        "- host: localhost\n  target_audience: tool-aud\n- host: 127.0.0.2\n  action: deny\n";
     let proxy = Proxy::start(&secret_config(&sts, &dir, routes, ""), dir).await;
     let client = proxy.client();
     let url = format!("http://localhost:{}/tool", up.addr.port());
 
     // No token under no_token_policy: deny.
     let (status, body) = json(client.get(&url).send().await.unwrap()).await;
-    assert_eq!((status, body["error"].as_str()), (401, Some("missing_token")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("missing_token")),
+        "{body}"
+    );
 
     // Denied route.
-    let (status, body) = json(client.get(format!("http://127.0.0.2:{}/", up.addr.port())).send().await.unwrap()).await;
-    assert_eq!((status, body["error"].as_str()), (403, Some("route_denied")), "{body}");
+    let (status, body) = json(
+        client
+            .get(format!("http://127.0.0.2:{}/", up.addr.port()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("route_denied")),
+        "{body}"
+    );
 
     // STS answers errors / garbage / too slowly: 503, no token in the answer, tool not called.
-    for (i, mode) in ["invalid_grant", "http500", "garbage", "slow"].iter().enumerate() {
+    for (i, mode) in ["invalid_grant", "http500", "garbage", "slow"]
+        .iter()
+        .enumerate()
+    {
         sts.set_fault(mode).await;
-        let user = sts.mint_user_token(&format!("user{i}"), "agent", "openid").await;
+        let user = sts
+            .mint_user_token(&format!("user{i}"), "agent", "openid")
+            .await;
         let started = Instant::now();
         let (status, body) = json(client.get(&url).bearer_auth(&user).send().await.unwrap()).await;
         assert_eq!(status, 503, "{mode}: {body}");
         assert_eq!(body["error"], "token_exchange_failed", "{mode}");
         assert!(body["message"].is_string());
-        assert!(!body.to_string().contains(&user), "{mode}: token leaked in {body}");
+        assert!(
+            !body.to_string().contains(&user),
+            "{mode}: token leaked in {body}"
+        );
         if *mode == "slow" {
-            assert!(started.elapsed() < Duration::from_secs(10), "exchange_timeout not applied");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "exchange_timeout not applied"
+            );
         }
         if *mode == "invalid_grant" {
-            assert!(body["message"].as_str().unwrap().contains("invalid_grant"), "{body}");
+            assert!(
+                body["message"].as_str().unwrap().contains("invalid_grant"),
+                "{body}"
+            );
         }
     }
     sts.set_fault("none").await;
-    assert_eq!(up.hits(), 0, "the tool must never see a request whose exchange failed");
+    assert_eq!(
+        up.hits(),
+        0,
+        "the tool must never see a request whose exchange failed"
+    );
     let logs = proxy.logs();
     assert!(!logs.contains("s3cret"), "secret in logs");
     for r in sts.requests().await {
@@ -267,7 +391,11 @@ async fn failures_answer_the_agent_and_never_leak_tokens() {
     // STS unreachable.
     let user = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln";
     let (status, body) = json(client.get(&url).bearer_auth(user).send().await.unwrap()).await;
-    assert_eq!((status, body["error"].as_str()), (503, Some("token_exchange_failed")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("token_exchange_failed")),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -276,7 +404,11 @@ async fn no_token_policies_passthrough_and_client_credentials() {
     let up = Upstream::start().await;
     let dir = TempDir::new("notok");
     let routes = "- host: localhost\n  target_audience: tool-aud\n";
-    let proxy = Proxy::start(&secret_config(&sts, &dir, routes, "  no_token_policy: passthrough\n"), dir).await;
+    let proxy = Proxy::start(
+        &secret_config(&sts, &dir, routes, "  no_token_policy: passthrough\n"),
+        dir,
+    )
+    .await;
     let url = format!("http://localhost:{}/tool", up.addr.port());
     let (status, body) = json(proxy.client().get(&url).send().await.unwrap()).await;
     assert_eq!(status, 200, "{body}");
@@ -284,11 +416,23 @@ async fn no_token_policies_passthrough_and_client_credentials() {
     assert!(sts.requests().await.is_empty());
 
     let dir = TempDir::new("notok-cc");
-    let proxy = Proxy::start(&secret_config(&sts, &dir, routes, "  no_token_policy: client-credentials\n"), dir).await;
+    let proxy = Proxy::start(
+        &secret_config(
+            &sts,
+            &dir,
+            routes,
+            "  no_token_policy: client-credentials\n",
+        ),
+        dir,
+    )
+    .await;
     let _ = proxy.client().get(&url).send().await.unwrap();
     let reqs = sts.requests().await;
     assert_eq!(reqs.len(), 1);
-    assert_eq!(form_field(&reqs[0], "grant_type"), Some("client_credentials"));
+    assert_eq!(
+        form_field(&reqs[0], "grant_type"),
+        Some("client_credentials")
+    );
     assert_eq!(form_field(&reqs[0], "audience"), Some("tool-aud"));
 }
 
@@ -303,7 +447,9 @@ async fn connect_tunnels_route_by_host_and_sni() {
 
     async fn connect(proxy: &Proxy, target: &str) -> (TcpStream, String) {
         let mut s = TcpStream::connect(proxy.outbound).await.unwrap();
-        s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes()).await.unwrap();
+        s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
         let mut head = Vec::new();
         let mut b = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
@@ -327,12 +473,20 @@ async fn connect_tunnels_route_by_host_and_sni() {
     // TLS whose SNI names an exchange route is refused: the connection closes, nothing echoed.
     let (mut s, head) = connect(&proxy, &format!("127.0.0.1:{}", echo.port())).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    s.write_all(&client_hello("secret-tool.local")).await.unwrap();
+    s.write_all(&client_hello("secret-tool.local"))
+        .await
+        .unwrap();
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap_or(0);
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
     assert_eq!(n, 0, "exchange-route TLS must be closed, not spliced");
     let m = proxy.metrics().await;
-    assert!(metric(&m, "authbridge_outbound_tls_refused_total") >= 1.0, "{m}");
+    assert!(
+        metric(&m, "authbridge_outbound_tls_refused_total") >= 1.0,
+        "{m}"
+    );
 
     // CONNECT to a denied host: 403.
     let (_, head) = connect(&proxy, "blocked.local:443").await;
@@ -356,12 +510,21 @@ async fn streaming_websocket_h2c_and_bad_input() {
     let sts = Sts::builder().start().await;
     let up = Upstream::start().await;
     let dir = TempDir::new("proto");
-    let proxy = Proxy::start(&secret_config(&sts, &dir, "- host: \"**\"\n  passthrough: true\n", ""), dir).await;
+    let proxy = Proxy::start(
+        &secret_config(&sts, &dir, "- host: \"**\"\n  passthrough: true\n", ""),
+        dir,
+    )
+    .await;
     let port = up.addr.port();
 
     // SSE: the first event arrives before the upstream has sent the last one.
     let started = Instant::now();
-    let mut resp = proxy.client().get(format!("http://127.0.0.1:{port}/sse")).send().await.unwrap();
+    let mut resp = proxy
+        .client()
+        .get(format!("http://127.0.0.1:{port}/sse"))
+        .send()
+        .await
+        .unwrap();
     let first = resp.chunk().await.unwrap().unwrap();
     let first_at = started.elapsed();
     assert!(String::from_utf8_lossy(&first).contains("event 0"));
@@ -370,7 +533,10 @@ async fn streaming_websocket_h2c_and_bad_input() {
         rest.extend_from_slice(&c);
     }
     assert!(String::from_utf8_lossy(&rest).contains("event 2"));
-    assert!(first_at + Duration::from_millis(500) < started.elapsed(), "first event was buffered until the end");
+    assert!(
+        first_at + Duration::from_millis(500) < started.elapsed(),
+        "first event was buffered until the end"
+    );
 
     // WebSocket-style upgrade through the proxy, then bytes both ways.
     let mut s = TcpStream::connect(proxy.outbound).await.unwrap();
@@ -378,7 +544,12 @@ async fn streaming_websocket_h2c_and_bad_input() {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        assert_ne!(s.read(&mut b).await.unwrap(), 0, "closed: {}", String::from_utf8_lossy(&head));
+        assert_ne!(
+            s.read(&mut b).await.unwrap(),
+            0,
+            "closed: {}",
+            String::from_utf8_lossy(&head)
+        );
         head.push(b[0]);
     }
     let head = String::from_utf8_lossy(&head).to_lowercase();
@@ -391,7 +562,12 @@ async fn streaming_websocket_h2c_and_bad_input() {
 
     // HTTP/2 prior knowledge (h2c) from the agent goes upstream as h2c.
     let tcp = TcpStream::connect(proxy.outbound).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
     tokio::spawn(conn);
     let req = http::Request::builder()
         .uri(format!("http://127.0.0.1:{port}/h2"))
@@ -401,7 +577,8 @@ async fn streaming_websocket_h2c_and_bad_input() {
     let resp = sender.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     use http_body_util::BodyExt;
-    let body: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let body: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(body["version"], "HTTP/2.0", "{body}");
     assert_eq!(body["authorization"], "Bearer opaque-passthrough");
     assert_eq!(body["path"], "/h2");
@@ -409,14 +586,23 @@ async fn streaming_websocket_h2c_and_bad_input() {
     // Huge request head: 431, not a crash.
     let mut s = TcpStream::connect(proxy.outbound).await.unwrap();
     let big = "x".repeat(100 * 1024);
-    let _ = s.write_all(format!("GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n").as_bytes()).await;
+    let _ = s
+        .write_all(
+            format!("GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
     let out = String::from_utf8_lossy(&out);
     assert!(out.starts_with("HTTP/1.1 431"), "{out}");
 
     // Garbage and origin-form requests on the explicit port: 4xx, never 5xx, and still serving.
-    for junk in [&b"\x00\x01\x02garbage\r\n\r\n"[..], b"GET /no-absolute-uri HTTP/1.1\r\nHost: x\r\n\r\n", b"BREW coffee\r\n\r\n"] {
+    for junk in [
+        &b"\x00\x01\x02garbage\r\n\r\n"[..],
+        b"GET /no-absolute-uri HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"BREW coffee\r\n\r\n",
+    ] {
         let mut s = TcpStream::connect(proxy.outbound).await.unwrap();
         s.write_all(junk).await.unwrap();
         let mut out = Vec::new();
@@ -425,9 +611,25 @@ async fn streaming_websocket_h2c_and_bad_input() {
         assert!(out.is_empty() || out.starts_with("HTTP/1.1 4"), "{out}");
     }
     // Requests addressed to the proxy itself are refused, not looped.
-    let (status, body) = json(proxy.client().get(format!("http://{}/", proxy.outbound)).send().await.unwrap()).await;
+    let (status, body) = json(
+        proxy
+            .client()
+            .get(format!("http://{}/", proxy.outbound))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 508, "{body}");
-    let (status, _) = json(proxy.client().get(format!("http://127.0.0.1:{port}/still-ok")).send().await.unwrap()).await;
+    let (status, _) = json(
+        proxy
+            .client()
+            .get(format!("http://127.0.0.1:{port}/still-ok"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 200);
 }
 
@@ -436,7 +638,11 @@ async fn routes_file_reload_applies_and_bad_reload_is_refused() {
     let sts = Sts::builder().start().await;
     let up = Upstream::start().await;
     let dir = TempDir::new("reload");
-    let proxy = Proxy::start(&secret_config(&sts, &dir, "- host: localhost\n  passthrough: true\n", ""), dir).await;
+    let proxy = Proxy::start(
+        &secret_config(&sts, &dir, "- host: localhost\n  passthrough: true\n", ""),
+        dir,
+    )
+    .await;
     let url = format!("http://localhost:{}/", up.addr.port());
     let (status, _) = json(proxy.client().get(&url).send().await.unwrap()).await;
     assert_eq!(status, 200);
@@ -452,7 +658,10 @@ async fn routes_file_reload_applies_and_bad_reload_is_refused() {
         if status == 403 {
             break;
         }
-        assert!(Instant::now() < deadline, "route change not applied within 5 s");
+        assert!(
+            Instant::now() < deadline,
+            "route change not applied within 5 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // An invalid file keeps the routes in effect and is counted.
@@ -461,7 +670,10 @@ async fn routes_file_reload_applies_and_bad_reload_is_refused() {
     let (status, _) = json(proxy.client().get(&url).send().await.unwrap()).await;
     assert_eq!(status, 403, "old routes must stay in effect");
     let m = proxy.metrics().await;
-    assert!(metric(&m, "authbridge_route_reloads_total{result=\"failure\"}") >= 1.0, "{m}");
+    assert!(
+        metric(&m, "authbridge_route_reloads_total{result=\"failure\"}") >= 1.0,
+        "{m}"
+    );
     assert!(proxy.logs().contains("invalid routes file"));
 }
 
@@ -476,18 +688,28 @@ async fn admin_endpoints_and_sigterm_drain() {
     assert_eq!(get("/healthz").await.unwrap().status(), 200);
     assert_eq!(get("/readyz").await.unwrap().status(), 200);
     let dump = get("/config_dump").await.unwrap().text().await.unwrap();
-    assert!(dump.contains("client_secret_file") && !dump.contains("s3cret"), "{dump}");
+    assert!(
+        dump.contains("client_secret_file") && !dump.contains("s3cret"),
+        "{dump}"
+    );
     assert_eq!(get("/nope").await.unwrap().status(), 404);
 
     // A request in flight when SIGTERM arrives completes; then the process exits 0.
     let client = proxy.client();
     let url = format!("http://127.0.0.1:{}/slow?ms=1500", up.addr.port());
-    let inflight = tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) });
+    let inflight =
+        tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) });
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.sigterm();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(TcpStream::connect(proxy.outbound).await.is_err(), "listener must be closed while draining");
+    assert!(
+        TcpStream::connect(proxy.outbound).await.is_err(),
+        "listener must be closed while draining"
+    );
     assert_eq!(inflight.await.unwrap().unwrap(), 200);
-    let status = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status.code(), Some(0), "{}", proxy.logs());
 }

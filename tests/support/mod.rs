@@ -21,7 +21,11 @@ pub fn bin() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let p = target.join("debug/authbridge");
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        p.display()
+    );
     p
 }
 
@@ -55,7 +59,11 @@ impl Drop for TempDir {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Runs the binary to completion: (exit code, stdout, stderr).
@@ -129,12 +137,20 @@ impl Proxy {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("authbridge exited early ({status}):\n{}", self.logs());
             }
-            if let Ok(r) = client.get(format!("http://{}/readyz", self.admin)).send().await {
+            if let Ok(r) = client
+                .get(format!("http://{}/readyz", self.admin))
+                .send()
+                .await
+            {
                 if r.status() == 200 {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "authbridge not ready in time:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "authbridge not ready in time:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -169,7 +185,10 @@ impl Proxy {
     pub fn sigterm(&self) {
         let pid = self.child.id().expect("running") as i32;
         // SAFETY-free: libc::kill is unsafe, so use the kill command instead.
-        let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
     }
 }
 
@@ -217,7 +236,8 @@ impl SvidSigner {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some(self.kid.clone());
         header.typ = Some("JWT".into());
-        let claims = serde_json::json!({"sub": spiffe_id, "aud": [aud], "exp": now + ttl_secs, "iat": now});
+        let claims =
+            serde_json::json!({"sub": spiffe_id, "aud": [aud], "exp": now + ttl_secs, "iat": now});
         jsonwebtoken::encode(&header, &claims, &self.key).unwrap()
     }
 }

@@ -19,7 +19,8 @@ use tokio::process::{Child, ChildStdin, Command};
 
 pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
-pub const JWT_SPIFFE_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-spiffe";
+pub const JWT_SPIFFE_ASSERTION_TYPE: &str =
+    "urn:ietf:params:oauth:client-assertion-type:jwt-spiffe";
 /// The static client that authenticates with a client secret.
 pub const SECRET_CLIENT_ID: &str = "agent-secret-client";
 /// Default `--client-secret` of the server.
@@ -101,8 +102,14 @@ impl StsBuilder {
         let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
         let sts_dir = manifest_dir.join("sts");
         let script = sts_dir.join("server.mjs");
-        assert!(script.is_file(), "STS script not found at {}", script.display());
-        if !sts_dir.join("node_modules/oidc-provider/package.json").is_file()
+        assert!(
+            script.is_file(),
+            "STS script not found at {}",
+            script.display()
+        );
+        if !sts_dir
+            .join("node_modules/oidc-provider/package.json")
+            .is_file()
             || !sts_dir.join("node_modules/jose/package.json").is_file()
         {
             panic!("run `npm ci --prefix tests/sts` first");
@@ -283,17 +290,20 @@ impl Sts {
 
     /// Extra delay before every successful exchange (for single-flight tests); 0 disables.
     pub async fn set_delay_ms(&self, ms: u64) {
-        self.post_form("/test/fault", &[("delay_ms", &ms.to_string())]).await;
+        self.post_form("/test/fault", &[("delay_ms", &ms.to_string())])
+            .await;
     }
 
     /// How long the `slow` fault sleeps before answering (default 30 000 ms).
     pub async fn set_slow_ms(&self, ms: u64) {
-        self.post_form("/test/fault", &[("slow_ms", &ms.to_string())]).await;
+        self.post_form("/test/fault", &[("slow_ms", &ms.to_string())])
+            .await;
     }
 
     /// `expires_in` of subsequently exchanged (and by default minted) tokens.
     pub async fn set_token_ttl(&self, secs: u64) {
-        self.post_form("/test/fault", &[("token_ttl", &secs.to_string())]).await;
+        self.post_form("/test/fault", &[("token_ttl", &secs.to_string())])
+            .await;
     }
 
     async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> Value {
@@ -307,7 +317,8 @@ impl Sts {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         assert!(status.is_success(), "POST {path}: {status} {text}");
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("POST {path}: non-JSON answer ({e}): {text}"))
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("POST {path}: non-JSON answer ({e}): {text}"))
     }
 }
 

@@ -46,7 +46,9 @@ impl Upstream {
         let h = hits.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((s, _)) = listener.accept().await else { continue };
+                let Ok((s, _)) = listener.accept().await else {
+                    continue;
+                };
                 let h = h.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
@@ -77,13 +79,20 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
         tokio::spawn(async move {
             for i in 0..3 {
-                let _ = tx.send(Ok(Frame::data(Bytes::from(format!("data: event {i}\n\n"))))).await;
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from(format!("data: event {i}\n\n")))))
+                    .await;
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         });
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+        let stream =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+            );
         let mut r = Response::new(StreamBody::new(stream).boxed());
-        r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+        r.headers_mut()
+            .insert("content-type", "text/event-stream".parse().unwrap());
         return Ok(r);
     }
     if path == "/ws" {
@@ -101,8 +110,10 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible
         });
         let mut r = Response::new(full(""));
         *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
-        r.headers_mut().insert("connection", "upgrade".parse().unwrap());
+        r.headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
+        r.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
         return Ok(r);
     }
     if path == "/slow" {
@@ -130,7 +141,8 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible
         "connection": h("connection"),
     });
     let mut r = Response::new(full(body.to_string()));
-    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     Ok(r)
 }
 
@@ -140,7 +152,9 @@ pub async fn echo_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let addr = l.local_addr().unwrap();
     let t = tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { continue };
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let (mut r, mut w) = s.split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;

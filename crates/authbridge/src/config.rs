@@ -19,12 +19,13 @@ pub struct Config {
     pub drain_grace: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum IdentitySource {
     WorkloadApi,
     Files,
     Static,
+    #[default]
     None,
 }
 
@@ -180,12 +181,6 @@ impl Default for AdminConfig {
     }
 }
 
-impl Default for IdentitySource {
-    fn default() -> Self {
-        IdentitySource::None
-    }
-}
-
 /// A configuration problem: the file, the key and what was expected.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -199,9 +194,16 @@ impl std::error::Error for ConfigError {}
 
 /// Expands `${VAR}` and `${VAR:-default}`; an unset variable without default is an error
 /// naming the line.
-pub fn expand_env(text: &str, file: &str, get: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+pub fn expand_env(
+    text: &str,
+    file: &str,
+    get: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(text.len());
-    for (lineno, line) in text.split_inclusive('\n').enumerate() {
+    for (lineno, full_line) in text.split_inclusive('\n').enumerate() {
+        // YAML comments are copied verbatim: a variable only mentioned there is not needed.
+        let code_len = comment_start(full_line).unwrap_or(full_line.len());
+        let (line, comment) = full_line.split_at(code_len);
         let mut rest = line;
         while let Some(start) = rest.find("${") {
             out.push_str(&rest[..start]);
@@ -239,15 +241,31 @@ pub fn expand_env(text: &str, file: &str, get: &dyn Fn(&str) -> Option<String>) 
             rest = &after[end + 1..];
         }
         out.push_str(rest);
+        out.push_str(comment);
     }
     Ok(out)
+}
+
+/// Byte offset of a YAML comment (`#` at line start or after whitespace, outside quotes).
+fn comment_start(line: &str) -> Option<usize> {
+    let (mut single, mut double) = (false, false);
+    let mut prev_ws = true;
+    for (i, c) in line.char_indices() {
+        match c {
+            '\'' if !double => single = !single,
+            '"' if !single => double = !double,
+            '#' if !single && !double && prev_ws => return Some(i),
+            _ => {}
+        }
+        prev_ws = c.is_whitespace();
+    }
+    None
 }
 
 /// The validated, typed view of a [`Config`] that the runtime uses.
 #[derive(Debug, Clone)]
 pub struct Effective {
     pub outbound_listen: SocketAddr,
-    pub inbound_listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub exchange_timeout: Duration,
     pub drain_grace: Duration,
@@ -265,12 +283,20 @@ impl Config {
         Self::parse(&text, &name, &|k| std::env::var(k).ok())
     }
 
-    pub fn parse(text: &str, file: &str, get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    pub fn parse(
+        text: &str,
+        file: &str,
+        get: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let expanded = expand_env(text, file, get)?;
-        if expanded.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        if expanded
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
             return Ok(Config::default());
         }
-        let mut cfg: Config = serde_norway::from_str(&expanded).map_err(|e| ConfigError(format!("{file}: {e}")))?;
+        let mut cfg: Config =
+            serde_norway::from_str(&expanded).map_err(|e| ConfigError(format!("{file}: {e}")))?;
         if cfg.drain_grace.is_empty() {
             cfg.drain_grace = "20s".into();
         }
@@ -294,12 +320,23 @@ impl Config {
             })
         };
         let outbound_listen = addr("outbound.listen", &self.outbound.listen, &mut errors);
-        let inbound_listen = addr("inbound.listen", &self.inbound.listen, &mut errors);
+        addr("inbound.listen", &self.inbound.listen, &mut errors);
         let admin_listen = addr("admin.listen", &self.admin.listen, &mut errors);
-        let exchange_timeout = dur("outbound.exchange_timeout", &self.outbound.exchange_timeout, &mut errors);
-        let grace = if self.drain_grace.is_empty() { "20s" } else { &self.drain_grace };
+        let exchange_timeout = dur(
+            "outbound.exchange_timeout",
+            &self.outbound.exchange_timeout,
+            &mut errors,
+        );
+        let grace = if self.drain_grace.is_empty() {
+            "20s"
+        } else {
+            &self.drain_grace
+        };
         let drain_grace = dur("drain_grace", grace, &mut errors);
-        if self.inbound.upstream != "original-dst" && self.inbound.upstream.parse::<SocketAddr>().is_err() && !self.inbound.upstream.contains(':') {
+        if self.inbound.upstream != "original-dst"
+            && self.inbound.upstream.parse::<SocketAddr>().is_err()
+            && !self.inbound.upstream.contains(':')
+        {
             errors.push(format!(
                 "{file}: inbound.upstream: {:?} is neither \"original-dst\" nor host:port",
                 self.inbound.upstream
@@ -307,7 +344,9 @@ impl Config {
         }
         if let Some(jwt) = &self.inbound.jwt {
             if jwt.issuer.is_empty() {
-                errors.push(format!("{file}: inbound.jwt.issuer: required when inbound.jwt is present"));
+                errors.push(format!(
+                    "{file}: inbound.jwt.issuer: required when inbound.jwt is present"
+                ));
             }
             if let Err(m) = routes::validate_http_url(&jwt.jwks_uri) {
                 errors.push(format!("{file}: inbound.jwt.jwks_uri: {m}"));
@@ -320,19 +359,27 @@ impl Config {
             }
         }
         if self.outbound.token_cache_size == 0 {
-            errors.push(format!("{file}: outbound.token_cache_size: must be at least 1"));
+            errors.push(format!(
+                "{file}: outbound.token_cache_size: must be at least 1"
+            ));
         }
         let mut inline_routes = Vec::new();
         for (i, spec) in self.outbound.routes.iter().enumerate() {
-            match spec.compile(format!("{file}: outbound.routes[{i}] (host {:?})", spec.host)) {
+            match spec.compile(format!(
+                "{file}: outbound.routes[{i}] (host {:?})",
+                spec.host
+            )) {
                 Ok(r) => inline_routes.push(r),
                 Err(e) => errors.push(e.to_string()),
             }
         }
-        let routes_file = (!self.outbound.routes_file.is_empty()).then(|| PathBuf::from(&self.outbound.routes_file));
+        let routes_file = (!self.outbound.routes_file.is_empty())
+            .then(|| PathBuf::from(&self.outbound.routes_file));
         match self.identity.source {
             IdentitySource::Files if self.identity.svid_dir.is_empty() => {
-                errors.push(format!("{file}: identity.svid_dir: required for identity.source: files"));
+                errors.push(format!(
+                    "{file}: identity.svid_dir: required for identity.source: files"
+                ));
             }
             IdentitySource::Static
                 if self.identity.cert_file.is_empty() || self.identity.key_file.is_empty() =>
@@ -349,7 +396,6 @@ impl Config {
         }
         Ok(Effective {
             outbound_listen,
-            inbound_listen,
             admin_listen,
             exchange_timeout,
             drain_grace,
@@ -371,7 +417,11 @@ impl Config {
             if self.outbound.default_policy == Action::Exchange {
                 errors.push(format!("{file}: outbound.token_url: required because outbound.default_policy is exchange"));
             }
-            for r in table.routes.iter().filter(|r| r.action == Action::Exchange && r.token_url.is_none()) {
+            for r in table
+                .routes
+                .iter()
+                .filter(|r| r.action == Action::Exchange && r.token_url.is_none())
+            {
                 errors.push(format!(
                     "{file}: outbound.token_url: required because {} exchanges tokens and has no token_url of its own",
                     r.origin
@@ -413,7 +463,11 @@ impl Config {
 }
 
 /// Builds the route table: the routes file's routes first, then the inline ones.
-pub fn build_table(file_routes: Vec<Route>, inline: &[Route], default_policy: Action) -> RouteTable {
+pub fn build_table(
+    file_routes: Vec<Route>,
+    inline: &[Route],
+    default_policy: Action,
+) -> RouteTable {
     let mut all = file_routes;
     all.extend(inline.iter().cloned());
     RouteTable::new(all, default_policy)
@@ -434,12 +488,30 @@ mod tests {
     #[test]
     fn env_expansion() {
         assert_eq!(expand_env("a: ${SET}\n", "f", &env).unwrap(), "a: value\n");
-        assert_eq!(expand_env("a: ${NOPE:-dflt}", "f", &env).unwrap(), "a: dflt");
-        assert_eq!(expand_env("a: ${EMPTY:-dflt}", "f", &env).unwrap(), "a: dflt");
+        assert_eq!(
+            expand_env("a: ${NOPE:-dflt}", "f", &env).unwrap(),
+            "a: dflt"
+        );
+        assert_eq!(
+            expand_env("a: ${EMPTY:-dflt}", "f", &env).unwrap(),
+            "a: dflt"
+        );
         assert_eq!(expand_env("a: $HOME", "f", &env).unwrap(), "a: $HOME");
-        let e = expand_env("x: 1\na: ${NOPE}\n", "f.yaml", &env).unwrap_err().to_string();
+        assert_eq!(
+            expand_env("# ${NOPE}\na: ${SET} # ${NOPE}\n", "f", &env).unwrap(),
+            "# ${NOPE}\na: value # ${NOPE}\n"
+        );
+        assert_eq!(
+            expand_env("a: \"x # ${SET}\"", "f", &env).unwrap(),
+            "a: \"x # value\""
+        );
+        let e = expand_env("x: 1\na: ${NOPE}\n", "f.yaml", &env)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("f.yaml: line 2") && e.contains("NOPE"), "{e}");
-        let e = expand_env("a: ${OOPS", "f.yaml", &env).unwrap_err().to_string();
+        let e = expand_env("a: ${OOPS", "f.yaml", &env)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unterminated"), "{e}");
     }
 
@@ -453,9 +525,13 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors() {
-        let e = Config::parse("outbound:\n  tokn_url: x\n", "c.yaml", &env).unwrap_err().to_string();
+        let e = Config::parse("outbound:\n  tokn_url: x\n", "c.yaml", &env)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("c.yaml") && e.contains("tokn_url"), "{e}");
-        let e = Config::parse("bogus: 1\n", "c.yaml", &env).unwrap_err().to_string();
+        let e = Config::parse("bogus: 1\n", "c.yaml", &env)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bogus"), "{e}");
     }
 
@@ -468,8 +544,16 @@ mod tests {
         )
         .unwrap();
         let e = c.validate("c.yaml").unwrap_err().to_string();
-        for key in ["outbound.listen", "outbound.token_url", "outbound.exchange_timeout", "admin.listen"] {
-            assert!(e.contains(&format!("c.yaml: {key}")), "{key} missing in {e}");
+        for key in [
+            "outbound.listen",
+            "outbound.token_url",
+            "outbound.exchange_timeout",
+            "admin.listen",
+        ] {
+            assert!(
+                e.contains(&format!("c.yaml: {key}")),
+                "{key} missing in {e}"
+            );
         }
     }
 
@@ -484,6 +568,9 @@ mod tests {
         let eff = c.validate("c.yaml").unwrap();
         let t = build_table(vec![], &eff.inline_routes, c.outbound.default_policy);
         let e = c.validate_exchange("c.yaml", &t).unwrap_err().to_string();
-        assert!(e.contains("outbound.token_url") && e.contains("identity.source"), "{e}");
+        assert!(
+            e.contains("outbound.token_url") && e.contains("identity.source"),
+            "{e}"
+        );
     }
 }

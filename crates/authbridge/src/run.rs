@@ -2,7 +2,9 @@
 //! SIGTERM, then drains.
 
 use crate::cli::LogFormat;
-use crate::config::{build_table, ClientAuthKind, Config, Effective, IdentitySource, NoTokenPolicy};
+use crate::config::{
+    build_table, ClientAuthKind, Config, Effective, IdentitySource, NoTokenPolicy,
+};
 use outbound_exchange::proxy::{NoTokenPolicy as Policy, Outbound, OutboundSettings};
 use outbound_exchange::routes::{parse_routes_yaml, Route, RouteTable};
 use outbound_exchange::sts::{ClientAuth, StsClient};
@@ -20,7 +22,9 @@ use tokio::sync::watch;
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == LogFormat::Json {
         builder.json().flatten_event(true).init();
     } else {
@@ -64,7 +68,10 @@ pub fn run(path: &Path, log_format: LogFormat) -> ExitCode {
         Err(e) => return config_error(format!("{name}: {e}")),
     };
     init_tracing(log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -119,14 +126,20 @@ async fn serve(cfg: Config, eff: Effective, table: RouteTable, sts: Option<StsCl
     let outbound_listener = match tokio::net::TcpListener::bind(eff.outbound_listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: outbound.listen: cannot listen on {}: {e}", eff.outbound_listen);
+            eprintln!(
+                "error: outbound.listen: cannot listen on {}: {e}",
+                eff.outbound_listen
+            );
             return ExitCode::from(1);
         }
     };
     let admin_listener = match tokio::net::TcpListener::bind(eff.admin_listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: admin.listen: cannot listen on {}: {e}", eff.admin_listen);
+            eprintln!(
+                "error: admin.listen: cannot listen on {}: {e}",
+                eff.admin_listen
+            );
             return ExitCode::from(1);
         }
     };
@@ -143,7 +156,9 @@ async fn serve(cfg: Config, eff: Effective, table: RouteTable, sts: Option<StsCl
             metrics.clone(),
         ));
     }
-    if let (IdentitySource::Files, ClientAuthKind::JwtSpiffe) = (cfg.identity.source, cfg.outbound.client_auth) {
+    if let (IdentitySource::Files, ClientAuthKind::JwtSpiffe) =
+        (cfg.identity.source, cfg.outbound.client_auth)
+    {
         let pending = readiness.pending("identity");
         let path = Path::new(&cfg.identity.svid_dir).join("jwt_svid.token");
         tokio::spawn(async move {
@@ -180,7 +195,13 @@ async fn serve(cfg: Config, eff: Effective, table: RouteTable, sts: Option<StsCl
         },
         ..Default::default()
     };
-    let outbound = Outbound::new(routes_rx, sts, Arc::new(SoOriginalDst), settings, metrics.clone());
+    let outbound = Outbound::new(
+        routes_rx,
+        sts,
+        Arc::new(SoOriginalDst),
+        settings,
+        metrics.clone(),
+    );
     let dump_cfg = cfg.clone();
     let state = AdminState {
         readiness: readiness.clone(),
@@ -245,7 +266,10 @@ async fn reload_routes(
         if now == last {
             continue;
         }
-        let text = now.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+        let text = now
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
         let result = parse_routes_yaml(&text, &name).map_err(|e| e.to_string()).and_then(|routes| {
             let table = build_table(routes, &inline, default_policy);
             if table.needs_exchange() && !have_sts {

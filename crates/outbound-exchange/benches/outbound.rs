@@ -11,13 +11,22 @@ fn table(n: usize) -> RouteTable {
     let mut yaml = String::new();
     for i in 0..n {
         match i % 4 {
-            0 => yaml.push_str(&format!("- host: \"tool-{i}-mcp**\"\n  target_audience: tool-{i}\n")),
-            1 => yaml.push_str(&format!("- host: \"*.ns{i}.svc.cluster.local\"\n  passthrough: true\n")),
-            2 => yaml.push_str(&format!("- host: \"api{i}.example.{{com,org}}\"\n  action: deny\n")),
+            0 => yaml.push_str(&format!(
+                "- host: \"tool-{i}-mcp**\"\n  target_audience: tool-{i}\n"
+            )),
+            1 => yaml.push_str(&format!(
+                "- host: \"*.ns{i}.svc.cluster.local\"\n  passthrough: true\n"
+            )),
+            2 => yaml.push_str(&format!(
+                "- host: \"api{i}.example.{{com,org}}\"\n  action: deny\n"
+            )),
             _ => yaml.push_str(&format!("- host: \"10.{i}.*.*\"\n  action: passthrough\n")),
         }
     }
-    RouteTable::new(parse_routes_yaml(&yaml, "bench").unwrap(), Action::Passthrough)
+    RouteTable::new(
+        parse_routes_yaml(&yaml, "bench").unwrap(),
+        Action::Passthrough,
+    )
 }
 
 fn routes(c: &mut Criterion) {
@@ -37,14 +46,26 @@ fn routes(c: &mut Criterion) {
 }
 
 fn cache_hit(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let cache: TokenCache<String> = TokenCache::new(CacheConfig::default());
     let subject = "eyJhbGciOiJSUzI1NiJ9.".to_string() + &"x".repeat(800);
-    let key = CacheKey::new(Some(&subject), Some("github-tool"), Some("openid"), "http://sts/token");
+    let key = CacheKey::new(
+        Some(&subject),
+        Some("github-tool"),
+        Some("openid"),
+        "http://sts/token",
+    );
     rt.block_on(cache.get_or_fetch(key, || async { Ok((Arc::from("tok"), None)) }));
     c.bench_function("exchange_cache/hit_incl_key_hash", |b| {
         b.iter(|| {
-            let key = CacheKey::new(Some(black_box(&subject)), Some("github-tool"), Some("openid"), "http://sts/token");
+            let key = CacheKey::new(
+                Some(black_box(&subject)),
+                Some("github-tool"),
+                Some("openid"),
+                "http://sts/token",
+            );
             rt.block_on(cache.get_or_fetch(key, || async { Err("miss".to_string()) }))
         })
     });

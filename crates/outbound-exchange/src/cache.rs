@@ -14,7 +14,12 @@ use tokio::sync::watch;
 pub struct CacheKey([u8; 32]);
 
 impl CacheKey {
-    pub fn new(subject: Option<&str>, audience: Option<&str>, scopes: Option<&str>, token_url: &str) -> Self {
+    pub fn new(
+        subject: Option<&str>,
+        audience: Option<&str>,
+        scopes: Option<&str>,
+        token_url: &str,
+    ) -> Self {
         let mut h = Sha256::new();
         for part in [subject, audience, scopes, Some(token_url)] {
             match part {
@@ -53,7 +58,10 @@ impl Outcome {
 type Shared<E> = Option<Result<Arc<str>, E>>;
 
 enum Slot<E> {
-    Ready { token: Arc<str>, expires_at: Instant },
+    Ready {
+        token: Arc<str>,
+        expires_at: Instant,
+    },
     Pending(watch::Receiver<Shared<E>>),
 }
 
@@ -129,7 +137,11 @@ impl<E: Clone + Send + Sync + 'static> TokenCache<E> {
 
     /// A cached token, or the result of `fetch` (shared with concurrent identical callers).
     /// `fetch` returns the token and its `expires_in`.
-    pub async fn get_or_fetch<F, Fut>(&self, key: CacheKey, fetch: F) -> (Result<Arc<str>, E>, Outcome)
+    pub async fn get_or_fetch<F, Fut>(
+        &self,
+        key: CacheKey,
+        fetch: F,
+    ) -> (Result<Arc<str>, E>, Outcome)
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(Arc<str>, Option<Duration>), E>>,
@@ -266,7 +278,9 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(outcomes.iter().filter(|o| **o == Outcome::Miss).count(), 1);
         let (_, o) = c
-            .get_or_fetch(key, || async { Err::<(Arc<str>, _), _>("unused".to_string()) })
+            .get_or_fetch(key, || async {
+                Err::<(Arc<str>, _), _>("unused".to_string())
+            })
             .await;
         assert_eq!(o, Outcome::Hit);
     }
@@ -275,7 +289,11 @@ mod tests {
     async fn errors_are_shared_but_not_cached() {
         let c = cache(100);
         let key = CacheKey::new(Some("s"), None, None, "u");
-        let (r, _) = c.get_or_fetch(key, || async { Err::<(Arc<str>, _), _>("boom".to_string()) }).await;
+        let (r, _) = c
+            .get_or_fetch(key, || async {
+                Err::<(Arc<str>, _), _>("boom".to_string())
+            })
+            .await;
         assert_eq!(r.unwrap_err(), "boom");
         let (r, o) = c
             .get_or_fetch(key, || async { Ok::<_, String>((Arc::from("t"), None)) })
@@ -288,10 +306,18 @@ mod tests {
         let c = cache(100);
         let key = CacheKey::new(Some("s"), None, None, "u");
         // expires_in 0: never cached.
-        let _ = c.get_or_fetch(key, || async { Ok::<_, String>((Arc::from("t"), Some(Duration::ZERO))) }).await;
+        let _ = c
+            .get_or_fetch(key, || async {
+                Ok::<_, String>((Arc::from("t"), Some(Duration::ZERO)))
+            })
+            .await;
         assert!(c.is_empty());
         // 1 s lifetime, 0.2 s margin: gone after 0.8 s.
-        let _ = c.get_or_fetch(key, || async { Ok::<_, String>((Arc::from("t"), Some(Duration::from_secs(1)))) }).await;
+        let _ = c
+            .get_or_fetch(key, || async {
+                Ok::<_, String>((Arc::from("t"), Some(Duration::from_secs(1))))
+            })
+            .await;
         tokio::time::sleep(Duration::from_millis(900)).await;
         let (_, o) = c
             .get_or_fetch(key, || async { Ok::<_, String>((Arc::from("t2"), None)) })
@@ -304,7 +330,9 @@ mod tests {
         let c = cache(50);
         for i in 0..500 {
             let key = CacheKey::new(Some(&i.to_string()), None, None, "u");
-            let _ = c.get_or_fetch(key, || async { Ok::<_, String>((Arc::from("t"), None)) }).await;
+            let _ = c
+                .get_or_fetch(key, || async { Ok::<_, String>((Arc::from("t"), None)) })
+                .await;
             assert!(c.len() <= 50);
         }
     }
@@ -324,8 +352,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let c3 = c.clone();
         let waiter = tokio::spawn(async move {
-            c3.get_or_fetch(key, || async { Ok::<_, String>((Arc::from("retried"), None)) })
-                .await
+            c3.get_or_fetch(key, || async {
+                Ok::<_, String>((Arc::from("retried"), None))
+            })
+            .await
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         leader.abort();

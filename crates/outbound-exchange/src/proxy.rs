@@ -180,18 +180,26 @@ impl Outbound {
         match self.local.get() {
             Some(l) => {
                 d.port() == l.port()
-                    && (d.ip() == l.ip() || d.ip().is_loopback() || l.ip().is_unspecified() && d.ip().is_unspecified())
+                    && (d.ip() == l.ip()
+                        || d.ip().is_loopback()
+                        || l.ip().is_unspecified() && d.ip().is_unspecified())
             }
             None => false,
         }
     }
 
     fn is_self_name(&self, host: &str, port: u16) -> bool {
-        let Some(l) = self.local.get() else { return false };
+        let Some(l) = self.local.get() else {
+            return false;
+        };
         if port != l.port() {
             return false;
         }
-        match host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+        match host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+        {
             Ok(ip) => ip.is_loopback() || ip == l.ip() || ip.is_unspecified(),
             Err(_) => host.eq_ignore_ascii_case("localhost"),
         }
@@ -214,7 +222,13 @@ impl Outbound {
         }
     }
 
-    fn serve_tunnel(self: Arc<Self>, io: TokioIo<hyper::upgrade::Upgraded>, host: String, port: u16, drain: drain::Watch) -> BoxFut {
+    fn serve_tunnel(
+        self: Arc<Self>,
+        io: TokioIo<hyper::upgrade::Upgraded>,
+        host: String,
+        port: u16,
+        drain: drain::Watch,
+    ) -> BoxFut {
         Box::pin(async move {
             self.serve_io(io, Mode::Tunnel { host, port }, drain).await;
         })
@@ -225,14 +239,20 @@ impl Outbound {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (dest, hosts) = match &mode {
-            Mode::Redirected(d) => (Dest::Addr(*d), vec![sni.clone().unwrap_or_else(|| d.ip().to_string())]),
+            Mode::Redirected(d) => (
+                Dest::Addr(*d),
+                vec![sni.clone().unwrap_or_else(|| d.ip().to_string())],
+            ),
             Mode::Tunnel { host, port } => {
                 let mut hosts = vec![host.clone()];
                 hosts.extend(sni.clone());
                 (Dest::Name(host.clone(), *port), hosts)
             }
             Mode::Explicit => {
-                tracing::info!(direction = "outbound", "TLS sent to the proxy port without CONNECT; closing");
+                tracing::info!(
+                    direction = "outbound",
+                    "TLS sent to the proxy port without CONNECT; closing"
+                );
                 self.metrics.outbound("none", "bad_request").inc();
                 return;
             }
@@ -335,7 +355,11 @@ impl Outbound {
         if req.method() == Method::CONNECT {
             return match ctx.mode {
                 Mode::Explicit => self.handle_connect(req, drain),
-                _ => json_error(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "CONNECT is only accepted from explicit proxy clients"),
+                _ => json_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "bad_request",
+                    "CONNECT is only accepted from explicit proxy clients",
+                ),
             };
         }
         // Where it goes, and which host the routes see.
@@ -343,20 +367,43 @@ impl Outbound {
             .uri()
             .authority()
             .map(|a| a.as_str().to_string())
-            .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string));
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            });
         let dest = match &ctx.mode {
             Mode::Redirected(d) => Dest::Addr(*d),
             Mode::Tunnel { host, port } => Dest::Name(host.clone(), *port),
             Mode::Explicit => {
                 let Some(a) = req.uri().authority() else {
-                    return self.reject(StatusCode::BAD_REQUEST, "bad_request", "an explicit proxy request needs an absolute URI (GET http://host/path)", "none", started);
+                    return self.reject(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "an explicit proxy request needs an absolute URI (GET http://host/path)",
+                        "none",
+                        started,
+                    );
                 };
                 if req.uri().scheme_str() == Some("https") {
-                    return self.reject(StatusCode::BAD_REQUEST, "bad_request", "https:// URLs must be tunnelled with CONNECT", "none", started);
+                    return self.reject(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "https:// URLs must be tunnelled with CONNECT",
+                        "none",
+                        started,
+                    );
                 }
                 let port = a.port_u16().unwrap_or(80);
                 if self.is_self_name(a.host(), port) {
-                    return self.reject(StatusCode::LOOP_DETECTED, "loop_detected", "the request is addressed to the proxy itself", "none", started);
+                    return self.reject(
+                        StatusCode::LOOP_DETECTED,
+                        "loop_detected",
+                        "the request is addressed to the proxy itself",
+                        "none",
+                        started,
+                    );
                 }
                 Dest::Name(a.host().to_string(), port)
             }
@@ -374,7 +421,11 @@ impl Outbound {
         let mut req = req;
         match action {
             Action::Deny => {
-                let r = json_error(StatusCode::FORBIDDEN, "route_denied", "outbound requests to this host are denied by policy");
+                let r = json_error(
+                    StatusCode::FORBIDDEN,
+                    "route_denied",
+                    "outbound requests to this host are denied by policy",
+                );
                 self.metrics.outbound("deny", "denied").inc();
                 access_log(&normalized, index, action, r.status(), started);
                 return r;
@@ -393,13 +444,27 @@ impl Outbound {
         }
         let resp = self.forward(req, dest, authority, &ctx).await;
         self.metrics
-            .outbound(action.as_str(), if resp.status() == StatusCode::BAD_GATEWAY { "upstream_error" } else { "forwarded" })
+            .outbound(
+                action.as_str(),
+                if resp.status() == StatusCode::BAD_GATEWAY {
+                    "upstream_error"
+                } else {
+                    "forwarded"
+                },
+            )
             .inc();
         access_log(&normalized, index, action, resp.status(), started);
         resp
     }
 
-    fn reject(&self, status: StatusCode, code: &str, msg: &str, action: &'static str, started: Instant) -> Response<Body> {
+    fn reject(
+        &self,
+        status: StatusCode,
+        code: &str,
+        msg: &str,
+        action: &'static str,
+        started: Instant,
+    ) -> Response<Body> {
         self.metrics.outbound(action, "bad_request").inc();
         let r = json_error(status, code, msg);
         access_log("-", None, Action::Passthrough, r.status(), started);
@@ -415,7 +480,11 @@ impl Outbound {
     ) -> Result<Option<HeaderValue>, Response<Body>> {
         let fail = |msg: String| {
             self.metrics.outbound("exchange", "exchange_failed").inc();
-            json_error(StatusCode::SERVICE_UNAVAILABLE, "token_exchange_failed", &msg)
+            json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "token_exchange_failed",
+                &msg,
+            )
         };
         let subject = bearer_token(req.headers());
         if subject.is_none() {
@@ -427,8 +496,10 @@ impl Outbound {
                         "missing_token",
                         "this route exchanges the caller's token, but the request has no bearer token",
                     );
-                    r.headers_mut()
-                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"authbridge\""));
+                    r.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer realm=\"authbridge\""),
+                    );
                     return Err(r);
                 }
                 NoTokenPolicy::Passthrough => return Ok(None),
@@ -442,7 +513,9 @@ impl Outbound {
             return Err(fail("no token_url is configured for this route".into()));
         };
         let Some(sts) = &self.sts else {
-            return Err(fail("token exchange is not configured (no client authentication)".into()));
+            return Err(fail(
+                "token exchange is not configured (no client authentication)".into(),
+            ));
         };
         let audience = route.and_then(|r| r.audience.as_deref());
         let scope = route.and_then(|r| r.scopes.as_deref());
@@ -477,29 +550,64 @@ impl Outbound {
                         v.set_sensitive(true);
                         Some(v)
                     })
-                    .map_err(|_| fail("token endpoint answer unusable: access_token is not a header value".into()))
+                    .map_err(|_| {
+                        fail(
+                            "token endpoint answer unusable: access_token is not a header value"
+                                .into(),
+                        )
+                    })
             }
             Err(e) => Err(fail(format!("token exchange failed: {e}"))),
         }
     }
 
-    fn handle_connect(self: Arc<Self>, req: Request<Incoming>, drain: drain::Watch) -> Response<Body> {
+    fn handle_connect(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        drain: drain::Watch,
+    ) -> Response<Body> {
         let started = Instant::now();
         let Some(auth) = req.uri().authority().cloned() else {
-            return self.reject(StatusCode::BAD_REQUEST, "bad_request", "CONNECT needs host:port", "none", started);
+            return self.reject(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "CONNECT needs host:port",
+                "none",
+                started,
+            );
         };
         let Some(port) = auth.port_u16() else {
-            return self.reject(StatusCode::BAD_REQUEST, "bad_request", "CONNECT needs host:port", "none", started);
+            return self.reject(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "CONNECT needs host:port",
+                "none",
+                started,
+            );
         };
-        let host = auth.host().trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = auth
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         if self.is_self_name(&host, port) {
-            return self.reject(StatusCode::LOOP_DETECTED, "loop_detected", "the tunnel is addressed to the proxy itself", "none", started);
+            return self.reject(
+                StatusCode::LOOP_DETECTED,
+                "loop_detected",
+                "the tunnel is addressed to the proxy itself",
+                "none",
+                started,
+            );
         }
         let normalized = normalize_host(&host).into_owned();
         let decision = self.routes.borrow().lookup(&normalized).action;
         if decision == Action::Deny {
             self.metrics.outbound("deny", "denied").inc();
-            let r = json_error(StatusCode::FORBIDDEN, "route_denied", "outbound requests to this host are denied by policy");
+            let r = json_error(
+                StatusCode::FORBIDDEN,
+                "route_denied",
+                "outbound requests to this host are denied by policy",
+            );
             access_log(&normalized, None, Action::Deny, r.status(), started);
             return r;
         }
@@ -533,15 +641,32 @@ impl Outbound {
             .unwrap_or_else(|| "/".into());
         let authority = authority.unwrap_or_else(|| dest.to_string());
         if h2 {
-            parts.uri = match Uri::builder().scheme("http").authority(authority.as_str()).path_and_query(pq.as_str()).build() {
+            parts.uri = match Uri::builder()
+                .scheme("http")
+                .authority(authority.as_str())
+                .path_and_query(pq.as_str())
+                .build()
+            {
                 Ok(u) => u,
-                Err(_) => return json_error(StatusCode::BAD_REQUEST, "bad_request", "invalid request target"),
+                Err(_) => {
+                    return json_error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "invalid request target",
+                    )
+                }
             };
             parts.version = Version::HTTP_2;
         } else {
             parts.uri = match pq.parse() {
                 Ok(u) => u,
-                Err(_) => return json_error(StatusCode::BAD_REQUEST, "bad_request", "invalid request target"),
+                Err(_) => {
+                    return json_error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "invalid request target",
+                    )
+                }
             };
             parts.version = Version::HTTP_11;
             if !parts.headers.contains_key(header::HOST) {
@@ -555,7 +680,11 @@ impl Outbound {
             Ok(r) => r,
             Err(e) => {
                 tracing::info!(direction = "outbound", %dest, error = %e, "upstream request failed");
-                return json_error(StatusCode::BAD_GATEWAY, "upstream_unavailable", &format!("cannot reach {dest}: {e}"));
+                return json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_unavailable",
+                    &format!("cannot reach {dest}: {e}"),
+                );
             }
         };
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -565,7 +694,11 @@ impl Outbound {
                 tokio::spawn(async move {
                     match tokio::try_join!(down, up) {
                         Ok((d, u)) => {
-                            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(d), &mut TokioIo::new(u)).await;
+                            let _ = tokio::io::copy_bidirectional(
+                                &mut TokioIo::new(d),
+                                &mut TokioIo::new(u),
+                            )
+                            .await;
                         }
                         Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                     }
@@ -587,8 +720,12 @@ impl Outbound {
         let key = (dest.clone(), h2);
         let existing = ctx.upstreams.lock().await.remove(&key);
         let reusable = match existing {
-            Some(UpSender::H1(mut s)) => (!s.is_closed() && s.ready().await.is_ok()).then_some(UpSender::H1(s)),
-            Some(UpSender::H2(mut s)) => (!s.is_closed() && s.ready().await.is_ok()).then_some(UpSender::H2(s)),
+            Some(UpSender::H1(mut s)) => {
+                (!s.is_closed() && s.ready().await.is_ok()).then_some(UpSender::H1(s))
+            }
+            Some(UpSender::H2(mut s)) => {
+                (!s.is_closed() && s.ready().await.is_ok()).then_some(UpSender::H2(s))
+            }
             None => None,
         };
         let mut sender = match reusable {
@@ -647,7 +784,13 @@ fn describe_hyper(e: &hyper::Error) -> String {
     }
 }
 
-fn access_log(host: &str, route: Option<usize>, action: Action, status: StatusCode, started: Instant) {
+fn access_log(
+    host: &str,
+    route: Option<usize>,
+    action: Action,
+    status: StatusCode,
+    started: Instant,
+) {
     tracing::info!(
         target: "authbridge::access",
         direction = "outbound",

@@ -122,7 +122,8 @@ impl RouteSpec {
             origin: origin.clone(),
             message,
         };
-        let pattern = HostPattern::parse(&self.host).map_err(|e: GlobError| err(format!("host: {e}")))?;
+        let pattern =
+            HostPattern::parse(&self.host).map_err(|e: GlobError| err(format!("host: {e}")))?;
         let from_action = match &self.action {
             Some(a) => Some(Action::parse(a).ok_or_else(|| {
                 err(format!(
@@ -133,7 +134,11 @@ impl RouteSpec {
         };
         let action = match (self.passthrough, from_action) {
             (Some(p), Some(a)) => {
-                let implied = if p { Action::Passthrough } else { Action::Exchange };
+                let implied = if p {
+                    Action::Passthrough
+                } else {
+                    Action::Exchange
+                };
                 if (a == Action::Passthrough) != p {
                     return Err(err(format!(
                         "passthrough: {p} and action: {a} contradict each other (passthrough: {p} means action: {implied})"
@@ -157,7 +162,11 @@ impl RouteSpec {
             pattern,
             action,
             audience: self.target_audience.clone(),
-            scopes: self.token_scopes.as_ref().map(Scopes::joined).filter(|s| !s.is_empty()),
+            scopes: self
+                .token_scopes
+                .as_ref()
+                .map(Scopes::joined)
+                .filter(|s| !s.is_empty()),
             token_url: self.token_url.clone(),
             origin,
         })
@@ -166,7 +175,11 @@ impl RouteSpec {
 
 /// Parses a routes.yaml document. An empty document is an empty list.
 pub fn parse_routes_yaml(text: &str, file: &str) -> Result<Vec<Route>, RouteError> {
-    if text.trim().is_empty() || text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+    if text.trim().is_empty()
+        || text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
         return Ok(Vec::new());
     }
     let specs: Vec<RouteSpec> = serde_norway::from_str(text).map_err(|e| RouteError {
@@ -246,7 +259,10 @@ impl RouteTable {
         for (j, later) in self.routes.iter().enumerate() {
             if later.pattern.is_match_all() {
                 let tail = if j + 1 < self.routes.len() {
-                    format!("; the {} route(s) after it can never match", self.routes.len() - j - 1)
+                    format!(
+                        "; the {} route(s) after it can never match",
+                        self.routes.len() - j - 1
+                    )
                 } else {
                     String::new()
                 };
@@ -361,8 +377,15 @@ mod tests {
 
     #[test]
     fn errors_name_the_route() {
-        let e = parse_routes_yaml("- host: a\n  passthrough: true\n  action: exchange\n", "r.yaml").unwrap_err();
-        assert!(e.to_string().contains("r.yaml: route 0") && e.to_string().contains("contradict"), "{e}");
+        let e = parse_routes_yaml(
+            "- host: a\n  passthrough: true\n  action: exchange\n",
+            "r.yaml",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("r.yaml: route 0") && e.to_string().contains("contradict"),
+            "{e}"
+        );
         let e = parse_routes_yaml("- host: a\n  action: allow\n", "r.yaml").unwrap_err();
         assert!(e.to_string().contains("action: \"allow\""), "{e}");
         let e = parse_routes_yaml("- host: a\n  audience: x\n", "r.yaml").unwrap_err();
@@ -373,7 +396,9 @@ mod tests {
         assert!(e.to_string().contains("token_url"), "{e}");
         let e = parse_routes_yaml("host: a\n", "r.yaml").unwrap_err();
         assert!(e.to_string().contains("r.yaml"), "{e}");
-        assert!(parse_routes_yaml("# nothing\n\n", "r.yaml").unwrap().is_empty());
+        assert!(parse_routes_yaml("# nothing\n\n", "r.yaml")
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
@@ -383,9 +408,17 @@ mod tests {
             "r.yaml",
         )
         .unwrap();
-        let w = RouteTable::new(routes, Action::Passthrough).warnings().join("\n");
-        assert!(w.contains("route 1") && w.contains("shadowed by route 0"), "{w}");
+        let w = RouteTable::new(routes, Action::Passthrough)
+            .warnings()
+            .join("\n");
+        assert!(
+            w.contains("route 1") && w.contains("shadowed by route 0"),
+            "{w}"
+        );
         assert!(w.contains("matches every host"), "{w}");
-        assert!(w.contains("route 3") && w.contains("shadowed by route 2"), "{w}");
+        assert!(
+            w.contains("route 3") && w.contains("shadowed by route 2"),
+            "{w}"
+        );
     }
 }

@@ -98,7 +98,11 @@ fn sanitize_code(code: &str) -> Option<String> {
 
 impl StsClient {
     /// `timeout` bounds every STS call (connect + answer).
-    pub fn new(client_id: Option<String>, auth: ClientAuth, timeout: Duration) -> Result<Self, String> {
+    pub fn new(
+        client_id: Option<String>,
+        auth: ClientAuth,
+        timeout: Duration,
+    ) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -169,7 +173,11 @@ impl StsClient {
         if !status.is_success() {
             let code = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).and_then(sanitize_code));
+                .and_then(|v| {
+                    v.get("error")
+                        .and_then(|e| e.as_str())
+                        .and_then(sanitize_code)
+                });
             return Err(ExchangeError::Rejected {
                 status: status.as_u16(),
                 code,
@@ -192,7 +200,9 @@ impl StsClient {
             Some(e) => Some(Duration::from_secs(
                 e.as_u64()
                     .or_else(|| e.as_str().and_then(|s| s.parse().ok()))
-                    .ok_or_else(|| ExchangeError::BadResponse("expires_in is not a number".into()))?,
+                    .ok_or_else(|| {
+                        ExchangeError::BadResponse("expires_in is not a number".into())
+                    })?,
             )),
         };
         Ok(Issued {
@@ -225,13 +235,19 @@ mod tests {
             issuer_of_token_url("https://kc/realms/agents/protocol/openid-connect/token"),
             "https://kc/realms/agents"
         );
-        assert_eq!(issuer_of_token_url("http://127.0.0.1:9/token"), "http://127.0.0.1:9");
+        assert_eq!(
+            issuer_of_token_url("http://127.0.0.1:9/token"),
+            "http://127.0.0.1:9"
+        );
         assert_eq!(issuer_of_token_url("http://sts"), "http://sts");
     }
 
     #[test]
     fn codes_are_sanitised() {
-        assert_eq!(sanitize_code("invalid_grant").as_deref(), Some("invalid_grant"));
+        assert_eq!(
+            sanitize_code("invalid_grant").as_deref(),
+            Some("invalid_grant")
+        );
         assert_eq!(sanitize_code("<script>").as_deref(), Some("script"));
         assert_eq!(sanitize_code("   "), None);
     }

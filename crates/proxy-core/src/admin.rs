@@ -24,15 +24,21 @@ pub struct AdminState {
 fn text(status: StatusCode, body: String) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
 /// Answers one admin request.
 pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "admin endpoints are GET only");
+        return json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "admin endpoints are GET only",
+        );
     }
     match req.uri().path() {
         "/healthz" | "/livez" => text(StatusCode::OK, "ok\n".into()),
@@ -60,8 +66,10 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
         "/config_dump" => {
             let v = (state.config_dump)();
             let mut r = Response::new(full(serde_json::to_string_pretty(&v).unwrap_or_default()));
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
             r
         }
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "unknown admin path"),

@@ -62,9 +62,21 @@ impl Metrics {
             "Exchanged-token cache lookups (hit, miss, shared = joined an in-flight exchange)",
             cache.clone(),
         );
-        registry.register("route_reloads", "Routes file reloads by result", route_reloads.clone());
-        registry.register("jwks_refreshes", "JWKS fetches by result", jwks_refreshes.clone());
-        registry.register("svid_rotations", "Identity (SVID) updates by result", svid_rotations.clone());
+        registry.register(
+            "route_reloads",
+            "Routes file reloads by result",
+            route_reloads.clone(),
+        );
+        registry.register(
+            "jwks_refreshes",
+            "JWKS fetches by result",
+            jwks_refreshes.clone(),
+        );
+        registry.register(
+            "svid_rotations",
+            "Identity (SVID) updates by result",
+            svid_rotations.clone(),
+        );
         registry.register(
             "outbound_tls_refused",
             "TLS connections to exchange routes refused (tokens inside TLS cannot be rewritten)",
@@ -102,7 +114,9 @@ impl Metrics {
         self.cache.get_or_create(&[("result", result)]).clone()
     }
     pub fn route_reload(&self, result: &'static str) -> Counter {
-        self.route_reloads.get_or_create(&[("result", result)]).clone()
+        self.route_reloads
+            .get_or_create(&[("result", result)])
+            .clone()
     }
 
     /// Prometheus text exposition.

@@ -92,7 +92,10 @@ pub async fn sniff<T: AsyncRead + Unpin>(
     let fut = async {
         let n = io.read_buf(&mut buf).await?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before first byte"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before first byte",
+            ));
         }
         if buf[0] != 0x16 {
             return Ok(Sniffed::Plain);
@@ -111,7 +114,9 @@ pub async fn sniff<T: AsyncRead + Unpin>(
                 break;
             }
         }
-        Ok(Sniffed::Tls { sni: client_hello_sni(&buf) })
+        Ok(Sniffed::Tls {
+            sni: client_hello_sni(&buf),
+        })
     };
     let verdict = tokio::time::timeout(deadline, fut)
         .await
@@ -230,7 +235,10 @@ mod tests {
 
     #[test]
     fn finds_sni() {
-        assert_eq!(client_hello_sni(&hello(Some("API.Example.com"))).as_deref(), Some("api.example.com"));
+        assert_eq!(
+            client_hello_sni(&hello(Some("API.Example.com"))).as_deref(),
+            Some("api.example.com")
+        );
         assert_eq!(client_hello_sni(&hello(None)), None);
     }
 
@@ -248,11 +256,18 @@ mod tests {
     async fn sniff_replays_bytes() {
         let data = hello(Some("x.y"));
         let (v, mut io) = sniff(&data[..], Duration::from_secs(1)).await.unwrap();
-        assert_eq!(v, Sniffed::Tls { sni: Some("x.y".into()) });
+        assert_eq!(
+            v,
+            Sniffed::Tls {
+                sni: Some("x.y".into())
+            }
+        );
         let mut out = Vec::new();
         io.read_to_end(&mut out).await.unwrap();
         assert_eq!(out, data);
-        let (v, _) = sniff(&b"GET / HTTP/1.1\r\n\r\n"[..], Duration::from_secs(1)).await.unwrap();
+        let (v, _) = sniff(&b"GET / HTTP/1.1\r\n\r\n"[..], Duration::from_secs(1))
+            .await
+            .unwrap();
         assert_eq!(v, Sniffed::Plain);
     }
 }

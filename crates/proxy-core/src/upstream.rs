@@ -48,7 +48,12 @@ pub async fn connect_host(host: &str, port: u16, timeout: Duration) -> io::Resul
     }
     let addrs = tokio::time::timeout(timeout, tokio::net::lookup_host((bare, port)))
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("resolving {bare} timed out")))??;
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("resolving {bare} timed out"),
+            )
+        })??;
     let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{bare} has no addresses"));
     for addr in addrs {
         match connect(addr, timeout).await {

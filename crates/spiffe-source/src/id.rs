@@ -19,12 +19,13 @@ impl SpiffeId {
         let td_len = rest.find('/').unwrap_or(rest.len());
         let td = &rest[..td_len];
         if td.is_empty() {
-            return Err(format!("{s:?} is not a SPIFFE ID: the trust domain is empty"));
+            return Err(format!(
+                "{s:?} is not a SPIFFE ID: the trust domain is empty"
+            ));
         }
-        if let Some(c) = td
-            .chars()
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')))
-        {
+        if let Some(c) = td.chars().find(|c| {
+            !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
+        }) {
             return Err(format!(
                 "{s:?} is not a SPIFFE ID: trust domain character {c:?} is not allowed (lower-case letters, digits, '.', '-', '_')"
             ));
@@ -33,16 +34,22 @@ impl SpiffeId {
         if !path.is_empty() {
             for seg in path[1..].split('/') {
                 if seg.is_empty() {
-                    return Err(format!("{s:?} is not a SPIFFE ID: empty path segment or trailing '/'"));
+                    return Err(format!(
+                        "{s:?} is not a SPIFFE ID: empty path segment or trailing '/'"
+                    ));
                 }
                 if seg == "." || seg == ".." {
-                    return Err(format!("{s:?} is not a SPIFFE ID: '.' and '..' segments are not allowed"));
+                    return Err(format!(
+                        "{s:?} is not a SPIFFE ID: '.' and '..' segments are not allowed"
+                    ));
                 }
                 if let Some(c) = seg
                     .chars()
                     .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
                 {
-                    return Err(format!("{s:?} is not a SPIFFE ID: path character {c:?} is not allowed"));
+                    return Err(format!(
+                        "{s:?} is not a SPIFFE ID: path character {c:?} is not allowed"
+                    ));
                 }
             }
         }
