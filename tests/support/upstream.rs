@@ -164,29 +164,4 @@ pub async fn echo_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     (addr, t)
 }
 
-/// A minimal TLS ClientHello record carrying `sni`.
-pub fn client_hello(sni: &str) -> Vec<u8> {
-    let mut list = vec![0u8];
-    list.extend((sni.len() as u16).to_be_bytes());
-    list.extend(sni.as_bytes());
-    let mut body = (list.len() as u16).to_be_bytes().to_vec();
-    body.extend(list);
-    let mut ext = 0u16.to_be_bytes().to_vec();
-    ext.extend((body.len() as u16).to_be_bytes());
-    ext.extend(body);
-    let mut hs = vec![3, 3];
-    hs.extend([7u8; 32]);
-    hs.push(0);
-    hs.extend(2u16.to_be_bytes());
-    hs.extend([0x13, 0x01]);
-    hs.extend([1, 0]);
-    hs.extend((ext.len() as u16).to_be_bytes());
-    hs.extend(ext);
-    let mut msg = vec![1];
-    msg.extend(&(hs.len() as u32).to_be_bytes()[1..]);
-    msg.extend(hs);
-    let mut rec = vec![0x16, 3, 1];
-    rec.extend((msg.len() as u16).to_be_bytes());
-    rec.extend(msg);
-    rec
-}
+pub use proxy_core::sniff::client_hello_record as client_hello;

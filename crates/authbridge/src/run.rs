@@ -123,7 +123,7 @@ async fn serve(cfg: Config, eff: Effective, table: RouteTable, sts: Option<StsCl
     let readiness = Readiness::new();
     let (drain_trigger, drain_watch) = drain::channel();
 
-    let outbound_listener = match tokio::net::TcpListener::bind(eff.outbound_listen).await {
+    let outbound_listener = match proxy_core::listen::bind(eff.outbound_listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!(
@@ -133,7 +133,7 @@ async fn serve(cfg: Config, eff: Effective, table: RouteTable, sts: Option<StsCl
             return ExitCode::from(1);
         }
     };
-    let admin_listener = match tokio::net::TcpListener::bind(eff.admin_listen).await {
+    let admin_listener = match proxy_core::listen::bind(eff.admin_listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!(

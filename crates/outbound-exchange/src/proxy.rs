@@ -567,16 +567,11 @@ impl Outbound {
         drain: drain::Watch,
     ) -> Response<Body> {
         let started = Instant::now();
-        let Some(auth) = req.uri().authority().cloned() else {
-            return self.reject(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "CONNECT needs host:port",
-                "none",
-                started,
-            );
-        };
-        let Some(port) = auth.port_u16() else {
+        let Some((auth, port)) = req
+            .uri()
+            .authority()
+            .and_then(|a| Some((a.clone(), a.port_u16()?)))
+        else {
             return self.reject(
                 StatusCode::BAD_REQUEST,
                 "bad_request",

@@ -218,28 +218,7 @@ async fn redirected_tls_is_spliced_or_refused_by_sni() {
         Some(echo),
     )
     .await;
-    let hello = |sni: &str| {
-        let mut list = vec![0u8];
-        list.extend((sni.len() as u16).to_be_bytes());
-        list.extend(sni.as_bytes());
-        let mut body = (list.len() as u16).to_be_bytes().to_vec();
-        body.extend(list);
-        let mut ext = 0u16.to_be_bytes().to_vec();
-        ext.extend((body.len() as u16).to_be_bytes());
-        ext.extend(body);
-        let mut hs = vec![3, 3];
-        hs.extend([1u8; 32]);
-        hs.extend([0, 0, 2, 0x13, 0x01, 1, 0]);
-        hs.extend((ext.len() as u16).to_be_bytes());
-        hs.extend(ext);
-        let mut msg = vec![1, 0];
-        msg.extend((hs.len() as u16).to_be_bytes());
-        msg.extend(hs);
-        let mut rec = vec![0x16, 3, 1];
-        rec.extend((msg.len() as u16).to_be_bytes());
-        rec.extend(msg);
-        rec
-    };
+    let hello = proxy_core::sniff::client_hello_record;
     let mut c = TcpStream::connect(s.proxy).await.unwrap();
     let h = hello("public.example");
     c.write_all(&h).await.unwrap();

@@ -10,6 +10,7 @@ pub mod drain;
 pub mod duration;
 pub mod http;
 pub mod iptables;
+pub mod listen;
 pub mod metrics;
 pub mod orig_dst;
 pub mod readiness;

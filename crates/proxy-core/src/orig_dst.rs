@@ -21,7 +21,15 @@ pub struct SoOriginalDst;
 
 impl OriginalDst for SoOriginalDst {
     fn original_dst(&self, stream: &TcpStream) -> Option<SocketAddr> {
-        let local = stream.local_addr().ok()?;
+        let local = match stream.local_addr().ok()? {
+            // An IPv4 connection accepted on a dual-stack `[::]` listener has a v4-mapped local
+            // address; its NAT entry is IPv4, so ask with the IPv4 option.
+            SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                Some(v4) => SocketAddr::from((v4, v6.port())),
+                None => SocketAddr::V6(v6),
+            },
+            v4 => v4,
+        };
         let sock = socket2::SockRef::from(stream);
         let addr = if local.is_ipv4() {
             sock.original_dst_v4()

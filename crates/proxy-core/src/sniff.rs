@@ -174,6 +174,37 @@ pub fn client_hello_sni(record: &[u8]) -> Option<String> {
     None
 }
 
+/// A minimal TLS 1.2-style ClientHello record carrying `sni` (no server_name extension when
+/// `sni` is empty). For tests and benchmarks of SNI routing.
+pub fn client_hello_record(sni: &str) -> Vec<u8> {
+    let mut ext = Vec::new();
+    if !sni.is_empty() {
+        let mut list = vec![0u8];
+        list.extend((sni.len() as u16).to_be_bytes());
+        list.extend(sni.as_bytes());
+        let mut body = (list.len() as u16).to_be_bytes().to_vec();
+        body.extend(list);
+        ext.extend(0u16.to_be_bytes());
+        ext.extend((body.len() as u16).to_be_bytes());
+        ext.extend(body);
+    }
+    let mut hs = vec![3, 3];
+    hs.extend([7u8; 32]);
+    hs.push(0); // session id
+    hs.extend(2u16.to_be_bytes());
+    hs.extend([0x13, 0x01]);
+    hs.extend([1, 0]);
+    hs.extend((ext.len() as u16).to_be_bytes());
+    hs.extend(ext);
+    let mut msg = vec![1];
+    msg.extend(&(hs.len() as u32).to_be_bytes()[1..]);
+    msg.extend(hs);
+    let mut rec = vec![0x16, 3, 1];
+    rec.extend((msg.len() as u16).to_be_bytes());
+    rec.extend(msg);
+    rec
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -205,32 +236,10 @@ mod tests {
     use super::*;
 
     fn hello(sni: Option<&str>) -> Vec<u8> {
-        let mut ext = Vec::new();
-        if let Some(name) = sni {
-            let mut list = vec![0u8];
-            list.extend((name.len() as u16).to_be_bytes());
-            list.extend(name.as_bytes());
-            let mut body = (list.len() as u16).to_be_bytes().to_vec();
-            body.extend(list);
-            ext.extend(0u16.to_be_bytes());
-            ext.extend((body.len() as u16).to_be_bytes());
-            ext.extend(body);
+        match sni {
+            Some(name) => client_hello_record(name),
+            None => client_hello_record(""),
         }
-        let mut hs = vec![3, 3];
-        hs.extend([7u8; 32]);
-        hs.push(0); // session id
-        hs.extend(2u16.to_be_bytes());
-        hs.extend([0x13, 0x01]);
-        hs.extend([1, 0]);
-        hs.extend((ext.len() as u16).to_be_bytes());
-        hs.extend(ext);
-        let mut msg = vec![1];
-        msg.extend(&(hs.len() as u32).to_be_bytes()[1..]);
-        msg.extend(hs);
-        let mut rec = vec![0x16, 3, 1];
-        rec.extend((msg.len() as u16).to_be_bytes());
-        rec.extend(msg);
-        rec
     }
 
     #[test]
