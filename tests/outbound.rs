@@ -713,3 +713,54 @@ async fn admin_endpoints_and_sigterm_drain() {
         .unwrap();
     assert_eq!(status.code(), Some(0), "{}", proxy.logs());
 }
+
+/// Kubernetes updates a mounted ConfigMap by swapping the `..data` symlink; the routes file is a
+/// symlink `routes.yaml -> ..data/routes.yaml`.
+#[tokio::test]
+async fn configmap_symlink_swap_reload() {
+    let sts = Sts::builder().start().await;
+    let up = Upstream::start().await;
+    let dir = TempDir::new("cm");
+    let cm = dir.path().join("cm");
+    std::fs::create_dir_all(cm.join("..2026_v1")).unwrap();
+    std::fs::write(
+        cm.join("..2026_v1/routes.yaml"),
+        "- host: localhost\n  passthrough: true\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("..2026_v1", cm.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/routes.yaml", cm.join("routes.yaml")).unwrap();
+    let mut config = secret_config(&sts, &dir, "", "");
+    config = config.replace("{DIR}/routes.yaml", "{DIR}/cm/routes.yaml");
+    let proxy = Proxy::start(&config, dir).await;
+    let url = format!("http://localhost:{}/", up.addr.port());
+    assert_eq!(proxy.client().get(&url).send().await.unwrap().status(), 200);
+
+    // The kubelet's atomic update: new timestamped dir, new symlink renamed over ..data.
+    let cm = proxy.dir.path().join("cm");
+    std::fs::create_dir_all(cm.join("..2026_v2")).unwrap();
+    std::fs::write(
+        cm.join("..2026_v2/routes.yaml"),
+        "- host: localhost\n  action: deny\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("..2026_v2", cm.join("..data_tmp")).unwrap();
+    std::fs::rename(cm.join("..data_tmp"), cm.join("..data")).unwrap();
+    std::fs::remove_dir_all(cm.join("..2026_v1")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if proxy.client().get(&url).send().await.unwrap().status() == 403 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "symlink swap not applied within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = proxy.metrics().await;
+    assert!(
+        metric(&m, "authbridge_route_reloads_total{result=\"success\"}") >= 1.0,
+        "{m}"
+    );
+}

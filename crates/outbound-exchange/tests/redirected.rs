@@ -235,3 +235,55 @@ async fn redirected_tls_is_spliced_or_refused_by_sni() {
         .unwrap_or(0);
     assert_eq!(n, 0, "TLS to an exchange route must be closed");
 }
+
+#[tokio::test]
+async fn default_policy_exchange_applies_to_unmatched_hosts() {
+    let (upstream, seen) = server(|_, _| (200, "tool-ok".into())).await;
+    let (sts, _) = server(|_, body| {
+        let form = String::from_utf8_lossy(body).to_string();
+        assert!(!form.contains("audience="), "no route, no audience: {form}");
+        (
+            200,
+            "{\"access_token\":\"default-exchanged\",\"expires_in\":60}".into(),
+        )
+    })
+    .await;
+    let (tx, rx) =
+        tokio::sync::watch::channel(Arc::new(RouteTable::new(Vec::new(), Action::Exchange)));
+    let outbound = Outbound::new(
+        rx,
+        Some(
+            StsClient::new(
+                None,
+                ClientAuth::Secret(Arc::from("s")),
+                Duration::from_secs(2),
+            )
+            .unwrap(),
+        ),
+        Arc::new(FnOriginalDst(move |_, _| Some(upstream))),
+        OutboundSettings {
+            token_url: Some(format!("http://{sts}/token")),
+            ..Default::default()
+        },
+        Arc::new(Metrics::new()),
+    );
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = l.local_addr().unwrap();
+    let (_trigger, watch) = drain::channel();
+    tokio::spawn(outbound.serve(l, watch));
+    let out = roundtrip(proxy, "GET / HTTP/1.1\r\nHost: anything.example\r\nAuthorization: Bearer u\r\nConnection: close\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(seen.lock().unwrap()[0].2, "Bearer default-exchanged");
+    // Without a token, no_token_policy deny answers 401 and the tool is not called.
+    let out = roundtrip(
+        proxy,
+        "GET / HTTP/1.1\r\nHost: anything.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.1 401") && out.contains("missing_token"),
+        "{out}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    drop(tx);
+}
