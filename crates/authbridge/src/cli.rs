@@ -10,7 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "authbridge", version, about = "Zero-trust identity for AI agents at the network edge")]
+#[command(
+    name = "authbridge",
+    version,
+    about = "Zero-trust identity for AI agents at the network edge"
+)]
 pub struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -32,6 +36,9 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Zero-setup local gateway: in-memory dev identity, embedded dev issuer, outbound proxy
+    /// on 127.0.0.1 (DEVELOPMENT ONLY; inbound validation is not in this build yet).
+    Dev(crate::dev::DevArgs),
     /// Validate config and routes; print problems; exit non-zero on errors.
     Check {
         #[arg(long, short)]
@@ -131,6 +138,7 @@ pub fn main() -> ExitCode {
         } => explain(config.as_deref(), routes.as_deref(), json, &hosts),
         Command::InitIptables(args) => init_iptables(args),
         Command::Run { config } => crate::run::run(&config, cli.log_format),
+        Command::Dev(args) => crate::dev::dev(args, cli.log_format),
     }
 }
 
@@ -140,13 +148,22 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 }
 
 /// Loads config + routes the way `run` does. Returns (config, table, warnings).
-pub fn load_all(config: Option<&Path>, routes_override: Option<&Path>) -> Result<(Config, RouteTable, Vec<String>), String> {
+pub fn load_all(
+    config: Option<&Path>,
+    routes_override: Option<&Path>,
+) -> Result<(Config, RouteTable, Vec<String>), String> {
     let (cfg, name) = match config {
-        Some(p) => (Config::load(p).map_err(|e| e.to_string())?, p.display().to_string()),
+        Some(p) => (
+            Config::load(p).map_err(|e| e.to_string())?,
+            p.display().to_string(),
+        ),
         None => (Config::default(), "<defaults>".to_string()),
     };
     let eff = cfg.validate(&name).map_err(|e| e.to_string())?;
-    let file_routes = match routes_override.map(Path::to_path_buf).or(eff.routes_file.clone()) {
+    let file_routes = match routes_override
+        .map(Path::to_path_buf)
+        .or(eff.routes_file.clone())
+    {
         Some(p) => {
             if routes_override.is_some() && !p.exists() {
                 return Err(format!("{}: routes file not found", p.display()));
@@ -167,8 +184,14 @@ fn check(path: &Path) -> ExitCode {
     if let Err(e) = cfg.validate_exchange(&path.display().to_string(), &table) {
         return fail(e);
     }
-    if std::fs::read_to_string(path).map(|t| t.trim().is_empty()).unwrap_or(false) {
-        warnings.push(format!("{}: empty config: all traffic passes through and nothing is validated", path.display()));
+    if std::fs::read_to_string(path)
+        .map(|t| t.trim().is_empty())
+        .unwrap_or(false)
+    {
+        warnings.push(format!(
+            "{}: empty config: all traffic passes through and nothing is validated",
+            path.display()
+        ));
     }
     warnings.extend(table.warnings());
     for w in &warnings {
@@ -227,9 +250,17 @@ fn init_iptables(args: InitIptablesArgs) -> ExitCode {
     let backend = match args.backend.as_deref().map(str::parse::<iptables::Backend>) {
         None => None,
         Some(Ok(b)) => Some(b),
-        Some(Err(_)) => return fail(format!("--backend: {:?} is not legacy or nft", args.backend.unwrap_or_default())),
+        Some(Err(_)) => {
+            return fail(format!(
+                "--backend: {:?} is not legacy or nft",
+                args.backend.unwrap_or_default()
+            ))
+        }
     };
-    let runner = iptables::Runner { netns: None, backend };
+    let runner = iptables::Runner {
+        netns: None,
+        backend,
+    };
     match iptables::apply_in(&cfg, args.dry_run, &runner) {
         Ok(report) => {
             if args.dry_run {

@@ -4,6 +4,8 @@
 
 mod cli;
 mod config;
+mod dev;
+mod dev_issuer;
 mod run;
 
 use std::process::ExitCode;

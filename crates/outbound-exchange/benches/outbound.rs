@@ -57,7 +57,7 @@ fn cache_hit(c: &mut Criterion) {
         Some("openid"),
         "http://sts/token",
     );
-    rt.block_on(cache.get_or_fetch(key, || async { Ok((Arc::from("tok"), None)) }));
+    let _ = rt.block_on(cache.get_or_fetch(key, || async { Ok((Arc::from("tok"), None)) }));
     c.bench_function("exchange_cache/hit_incl_key_hash", |b| {
         b.iter(|| {
             let key = CacheKey::new(

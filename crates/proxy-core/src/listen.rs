@@ -38,7 +38,9 @@ mod tests {
     async fn unspecified_v4_accepts_both_families() {
         let l = bind("0.0.0.0:0".parse().unwrap()).unwrap();
         let port = l.local_addr().unwrap().port();
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
         if std::net::TcpListener::bind("[::1]:0").is_ok() {
             tokio::net::TcpStream::connect(("::1", port)).await.unwrap();
         }

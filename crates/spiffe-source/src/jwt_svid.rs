@@ -3,6 +3,7 @@
 use crate::{IdentityError, SpiffeId};
 use base64::Engine;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A JWT-SVID and what we need to know about it (the token itself is never logged).
@@ -33,8 +34,12 @@ impl JwtSvid {
         };
         let token = token.trim();
         let mut parts = token.split('.');
-        let (Some(_h), Some(p), Some(_s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-            return Err(err("not a compact JWT (expected three dot-separated parts)".into()));
+        let (Some(_h), Some(p), Some(_s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(err(
+                "not a compact JWT (expected three dot-separated parts)".into(),
+            ));
         };
         let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(p.trim_end_matches('='))
@@ -68,26 +73,56 @@ pub enum JwtSvidProvider {
     /// spiffe-helper's `jwt_svid.token`, re-read on every use so rotations (rename-over or a
     /// `..data` symlink swap) apply at once. Exchanges are cache misses, so this is rare.
     File { path: PathBuf },
+    /// An in-memory signer (the `authbridge dev` trust domain): called with the audience on
+    /// every use and returns a freshly minted JWT-SVID.
+    InMemory(SvidMinter),
     /// No identity: exchanges that need a client assertion fail closed.
     None,
 }
 
+/// Mints a JWT-SVID for the given audience.
+pub type MintFn = dyn Fn(&str) -> Result<JwtSvid, IdentityError> + Send + Sync;
+
+/// An in-memory JWT-SVID signer. Its `Debug` shows no key material.
+#[derive(Clone)]
+pub struct SvidMinter(pub Arc<MintFn>);
+
+impl std::fmt::Debug for SvidMinter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SvidMinter(<in-memory signer>)")
+    }
+}
+
 impl JwtSvidProvider {
     /// A current, unexpired JWT-SVID for `audience`. The file source holds one JWT-SVID whose
-    /// audience spiffe-helper chose, so `audience` is not used there.
-    pub async fn fetch(&self, _audience: &str) -> Result<JwtSvid, IdentityError> {
+    /// audience spiffe-helper chose, so `audience` is not used there; the in-memory signer
+    /// mints one for `audience`.
+    pub async fn fetch(&self, audience: &str) -> Result<JwtSvid, IdentityError> {
         match self {
             JwtSvidProvider::File { path } => {
                 let name = path.display().to_string();
-                let raw = tokio::fs::read_to_string(path).await.map_err(|e| IdentityError::Source {
-                    source_name: name.clone(),
-                    message: format!("cannot read JWT-SVID: {e}"),
-                })?;
+                let raw =
+                    tokio::fs::read_to_string(path)
+                        .await
+                        .map_err(|e| IdentityError::Source {
+                            source_name: name.clone(),
+                            message: format!("cannot read JWT-SVID: {e}"),
+                        })?;
                 let svid = JwtSvid::from_compact(&raw, &name)?;
                 if svid.is_expired() {
                     return Err(IdentityError::Source {
                         source_name: name,
                         message: "JWT-SVID has expired (is spiffe-helper running?)".into(),
+                    });
+                }
+                Ok(svid)
+            }
+            JwtSvidProvider::InMemory(mint) => {
+                let svid = (mint.0)(audience)?;
+                if svid.is_expired() {
+                    return Err(IdentityError::Source {
+                        source_name: "in-memory signer".into(),
+                        message: "minted JWT-SVID is already expired".into(),
                     });
                 }
                 Ok(svid)
@@ -115,13 +150,35 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ab-jwtsvid-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("jwt_svid.token");
-        let far = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 600;
-        std::fs::write(&path, jwt(serde_json::json!({"sub":"spiffe://example.org/a","exp":far})) + "\n").unwrap();
+        let far = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600;
+        std::fs::write(
+            &path,
+            jwt(serde_json::json!({"sub":"spiffe://example.org/a","exp":far})) + "\n",
+        )
+        .unwrap();
         let p = JwtSvidProvider::File { path: path.clone() };
-        assert_eq!(p.fetch("x").await.unwrap().spiffe_id.as_str(), "spiffe://example.org/a");
-        std::fs::write(&path, jwt(serde_json::json!({"sub":"spiffe://example.org/b","exp":far}))).unwrap();
-        assert_eq!(p.fetch("x").await.unwrap().spiffe_id.as_str(), "spiffe://example.org/b");
-        std::fs::write(&path, jwt(serde_json::json!({"sub":"spiffe://example.org/b","exp":1}))).unwrap();
+        assert_eq!(
+            p.fetch("x").await.unwrap().spiffe_id.as_str(),
+            "spiffe://example.org/a"
+        );
+        std::fs::write(
+            &path,
+            jwt(serde_json::json!({"sub":"spiffe://example.org/b","exp":far})),
+        )
+        .unwrap();
+        assert_eq!(
+            p.fetch("x").await.unwrap().spiffe_id.as_str(),
+            "spiffe://example.org/b"
+        );
+        std::fs::write(
+            &path,
+            jwt(serde_json::json!({"sub":"spiffe://example.org/b","exp":1})),
+        )
+        .unwrap();
         let e = p.fetch("x").await.unwrap_err().to_string();
         assert!(e.contains("expired") && e.contains("jwt_svid.token"), "{e}");
         std::fs::write(&path, "garbage").unwrap();

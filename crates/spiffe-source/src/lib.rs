@@ -10,14 +10,17 @@ pub mod id;
 pub mod jwt_svid;
 
 pub use id::SpiffeId;
-pub use jwt_svid::{JwtSvid, JwtSvidProvider};
+pub use jwt_svid::{JwtSvid, JwtSvidProvider, SvidMinter};
 
 /// Errors from an identity source. Messages name the source (file path or socket) and never
 /// contain key material or tokens.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("{source_name}: {message}")]
-    Source { source_name: String, message: String },
+    Source {
+        source_name: String,
+        message: String,
+    },
     #[error("no identity source configured (identity.source: none)")]
     None,
 }

@@ -1,0 +1,573 @@
+//! `authbridge dev` (contract §8): a zero-setup local gateway. An in-memory dev trust domain
+//! (`spiffe://dev.local`), the embedded dev issuer, the outbound proxy (explicit HTTP proxy) and
+//! the admin server, all on 127.0.0.1, no files read or written unless asked for.
+//!
+//! Inbound (mTLS + JWT validation towards `--app`) is not in this build: `dev` says so on start
+//! and opens no inbound listener.
+
+use crate::cli::LogFormat;
+use crate::config::NoTokenPolicy as CfgNoTokenPolicy;
+use crate::dev_issuer::{DevIssuer, DevTrustDomain, AGENT_ID, JWT_SVID_TTL, TRUST_DOMAIN};
+use clap::Args;
+use outbound_exchange::proxy::{NoTokenPolicy, Outbound, OutboundSettings};
+use outbound_exchange::routes::{parse_routes_yaml, validate_http_url, Action, RouteTable};
+use outbound_exchange::sts::{ClientAuth, StsClient};
+use proxy_core::admin::{self, AdminState};
+use proxy_core::metrics::Metrics;
+use proxy_core::readiness::Readiness;
+use proxy_core::{drain, SoOriginalDst};
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// The routes `dev` uses when neither `--routes` nor `--config` gives any: requests to tools on
+/// this machine are exchanged for a token with audience `dev-tool`; everything else (public
+/// APIs with their own keys, HTTPS via CONNECT) passes through untouched.
+pub const DEFAULT_ROUTES: &str = r#"- host: "localhost"
+  target_audience: dev-tool
+- host: "*.localhost"
+  target_audience: dev-tool
+- host: "127.0.0.1"
+  target_audience: dev-tool
+- host: "::1"
+  target_audience: dev-tool
+"#;
+
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Where the (future) inbound gateway sends validated requests: your agent's HOST:PORT.
+    /// Inbound is not active in this build; the value is only checked and printed.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8000")]
+    app: String,
+    /// A routes.yaml to use instead of the built-in dev routes.
+    #[arg(long, value_name = "FILE")]
+    routes: Option<PathBuf>,
+    /// A config file for outbound policy (routes_file, routes, default_policy, no_token_policy,
+    /// client_id). Listen addresses and identity settings in it are ignored by `dev`.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Use a real issuer for token exchange instead of the embedded one, e.g. a Keycloak realm
+    /// URL http://localhost:8080/realms/dev (token URL = URL/protocol/openid-connect/token).
+    #[arg(long, value_name = "URL")]
+    issuer: Option<String>,
+    /// Port of the outbound proxy on 127.0.0.1.
+    #[arg(long, default_value_t = 15123)]
+    outbound_port: u16,
+    /// Port of the embedded dev issuer on 127.0.0.1.
+    #[arg(long, default_value_t = 15125)]
+    issuer_port: u16,
+    /// Port of the admin server on 127.0.0.1.
+    #[arg(long, default_value_t = 9901)]
+    admin_port: u16,
+}
+
+fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(2)
+}
+
+/// Binds 127.0.0.1:`port`; a port in use names the port and the flag that changes it.
+fn bind(name: &str, port: u16, flag: &str) -> Result<std::net::TcpListener, String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let l = std::net::TcpListener::bind(addr).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!("{name}: port {port} on 127.0.0.1 is already in use; choose another port with {flag} PORT")
+        } else {
+            format!("{name}: cannot listen on {addr}: {e} (choose another port with {flag} PORT)")
+        }
+    })?;
+    l.set_nonblocking(true)
+        .map_err(|e| format!("{name}: cannot set up {addr}: {e}"))?;
+    Ok(l)
+}
+
+/// `HOST:PORT` with a numeric port.
+fn check_app(app: &str) -> Result<(), String> {
+    let ok = app
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "--app: {app:?} is not HOST:PORT (e.g. 127.0.0.1:8000)"
+        ))
+    }
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The outbound policy in effect.
+struct Policy {
+    table: RouteTable,
+    origin: String,
+    no_token: NoTokenPolicy,
+    client_id: Option<String>,
+    warnings: Vec<String>,
+}
+
+fn load_policy(args: &DevArgs) -> Result<Policy, String> {
+    let mut warnings = Vec::new();
+    let (cfg, table, w) = if args.config.is_some() || args.routes.is_some() {
+        crate::cli::load_all(args.config.as_deref(), args.routes.as_deref())?
+    } else {
+        (
+            crate::config::Config::default(),
+            RouteTable::new(Vec::new(), Action::Passthrough),
+            Vec::new(),
+        )
+    };
+    warnings.extend(w);
+    let no_token = match (&args.config, cfg.outbound.no_token_policy) {
+        (None, _) => NoTokenPolicy::Passthrough,
+        (Some(_), CfgNoTokenPolicy::Deny) => NoTokenPolicy::Deny,
+        (Some(_), CfgNoTokenPolicy::ClientCredentials) => NoTokenPolicy::ClientCredentials,
+        (Some(_), CfgNoTokenPolicy::Passthrough) => NoTokenPolicy::Passthrough,
+    };
+    if let Some(c) = &args.config {
+        let name = c.display();
+        if cfg.inbound.jwt.is_some() {
+            warnings.push(format!(
+                "{name}: inbound.jwt is ignored: inbound validation is not in this build yet"
+            ));
+        }
+        if !cfg.outbound.token_url.is_empty() {
+            warnings.push(format!(
+                "{name}: outbound.token_url is ignored by dev (the embedded issuer or --issuer is used)"
+            ));
+        }
+    }
+    let client_id = (!cfg.outbound.client_id.is_empty()).then(|| cfg.outbound.client_id.clone());
+    let (table, origin) = match (&args.routes, &args.config) {
+        (Some(r), _) => (table, r.display().to_string()),
+        (None, Some(c)) if !table.routes.is_empty() => (table, c.display().to_string()),
+        _ => {
+            let routes = parse_routes_yaml(DEFAULT_ROUTES, "dev default routes")
+                .map_err(|e| e.to_string())?;
+            (
+                RouteTable::new(routes, table.default_policy),
+                "built-in dev defaults; --routes FILE to change".to_string(),
+            )
+        }
+    };
+    Ok(Policy {
+        table,
+        origin,
+        no_token,
+        client_id,
+        warnings,
+    })
+}
+
+/// A real issuer given with `--issuer`: its token URL, after checking it answers.
+async fn probe_issuer(url: &str) -> Result<String, String> {
+    validate_http_url(url).map_err(|e| format!("--issuer: {e}"))?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    let disco = format!("{url}/.well-known/openid-configuration");
+    let resp = http.get(&disco).send().await.map_err(|e| {
+        let why = if e.is_timeout() {
+            "timed out"
+        } else if e.is_connect() {
+            "connection failed"
+        } else {
+            "request failed"
+        };
+        format!("--issuer: {url} is unreachable (GET {disco}: {why}); is the issuer running?")
+    })?;
+    if !resp.status().is_success() {
+        return Err(format!(
+            "--issuer: GET {disco} answered HTTP {}; expected an OpenID discovery document (for Keycloak give the realm URL, e.g. http://localhost:8080/realms/NAME)",
+            resp.status().as_u16()
+        ));
+    }
+    if url.contains("/realms/") {
+        return Ok(format!("{url}/protocol/openid-connect/token"));
+    }
+    let v: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|_| format!("--issuer: {disco} is not JSON"))?;
+    let t = v
+        .get("token_endpoint")
+        .and_then(|t| t.as_str())
+        .ok_or_else(|| format!("--issuer: {disco} has no token_endpoint"))?;
+    validate_http_url(t).map_err(|e| format!("--issuer: token_endpoint: {e}"))?;
+    Ok(t.to_string())
+}
+
+fn describe_route(r: &outbound_exchange::Route) -> String {
+    let mut s = format!("{:?} -> {}", r.pattern.as_str(), r.action);
+    if let Some(a) = &r.audience {
+        s.push_str(&format!(", audience {a:?}"));
+    }
+    if let Some(sc) = &r.scopes {
+        s.push_str(&format!(", scopes {sc:?}"));
+    }
+    if let Some(u) = &r.token_url {
+        s.push_str(&format!(", token_url {u}"));
+    }
+    s
+}
+
+fn no_token_str(p: NoTokenPolicy) -> &'static str {
+    match p {
+        NoTokenPolicy::Deny => "deny (401 missing_token)",
+        NoTokenPolicy::ClientCredentials => "client-credentials",
+        NoTokenPolicy::Passthrough => "passthrough (sent on unchanged)",
+    }
+}
+
+pub fn dev(args: DevArgs, log_format: LogFormat) -> ExitCode {
+    if let Err(e) = check_app(&args.app) {
+        return usage_error(e);
+    }
+    let external = args
+        .issuer
+        .as_deref()
+        .map(|u| u.trim_end_matches('/').to_string());
+    let policy = match load_policy(&args) {
+        Ok(p) => p,
+        Err(e) => return usage_error(e),
+    };
+    let trust = match DevTrustDomain::generate() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let issuer_url = format!("http://127.0.0.1:{}", args.issuer_port);
+    let issuer = match DevIssuer::new(issuer_url.clone(), trust.clone()) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut listeners = Vec::new();
+    for (name, port, flag) in [
+        ("outbound", args.outbound_port, "--outbound-port"),
+        ("issuer", args.issuer_port, "--issuer-port"),
+        ("admin", args.admin_port, "--admin-port"),
+    ] {
+        match bind(name, port, flag) {
+            Ok(l) => listeners.push(l),
+            Err(e) => return usage_error(e),
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (token_url, assertion_aud) = match &external {
+        None => (issuer.token_url(), issuer_url.clone()),
+        Some(u) => match rt.block_on(probe_issuer(u)) {
+            Ok(t) => (t, u.clone()),
+            Err(e) => return usage_error(e),
+        },
+    };
+    let sts = match StsClient::new(
+        policy.client_id.clone(),
+        ClientAuth::JwtSpiffe {
+            provider: trust.provider(),
+            audience: Some(assertion_aud.clone()),
+        },
+        Duration::from_secs(10),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    crate::run::init_tracing(log_format);
+    for w in &policy.warnings {
+        tracing::warn!("{w}");
+    }
+    for w in policy.table.warnings() {
+        tracing::warn!("routes: {w}");
+    }
+    print_banner(
+        &args,
+        &policy,
+        &trust,
+        &issuer_url,
+        &token_url,
+        &assertion_aud,
+        external.is_some(),
+    );
+
+    let [outbound_l, issuer_l, admin_l]: [std::net::TcpListener; 3] = match listeners.try_into() {
+        Ok(a) => a,
+        Err(_) => return ExitCode::from(1),
+    };
+    rt.block_on(serve(
+        outbound_l,
+        issuer_l,
+        admin_l,
+        issuer,
+        sts,
+        policy,
+        token_url,
+        args.app.clone(),
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    outbound_l: std::net::TcpListener,
+    issuer_l: std::net::TcpListener,
+    admin_l: std::net::TcpListener,
+    issuer: Arc<DevIssuer>,
+    sts: StsClient,
+    policy: Policy,
+    token_url: String,
+    app: String,
+) -> ExitCode {
+    let conv = |l: std::net::TcpListener| tokio::net::TcpListener::from_std(l);
+    let (outbound_l, issuer_l, admin_l) = match (conv(outbound_l), conv(issuer_l), conv(admin_l)) {
+        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+        _ => {
+            eprintln!("error: cannot register the listeners with the runtime");
+            return ExitCode::from(1);
+        }
+    };
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Readiness::new();
+    let (drain_trigger, drain_watch) = drain::channel();
+    let routes_dump: Vec<String> = policy.table.routes.iter().map(describe_route).collect();
+    let dump = serde_json::json!({
+        "mode": "dev",
+        "trust_domain": format!("spiffe://{TRUST_DOMAIN}"),
+        "agent_spiffe_id": AGENT_ID,
+        "outbound": {
+            "listen": outbound_l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            "token_url": token_url,
+            "client_auth": "jwt-spiffe",
+            "default_policy": policy.table.default_policy.as_str(),
+            "no_token_policy": no_token_str(policy.no_token),
+            "routes_origin": policy.origin,
+            "routes": routes_dump,
+        },
+        "issuer": issuer.url(),
+        "inbound": {"active": false, "app": app},
+    });
+    let (_routes_tx, routes_rx) = watch::channel(Arc::new(policy.table));
+    let settings = OutboundSettings {
+        token_url: Some(token_url),
+        no_token_policy: policy.no_token,
+        ..Default::default()
+    };
+    let outbound = Outbound::new(
+        routes_rx,
+        Some(sts),
+        Arc::new(SoOriginalDst),
+        settings,
+        metrics.clone(),
+    );
+    let state = AdminState {
+        readiness,
+        metrics,
+        config_dump: Arc::new(move || dump.clone()),
+    };
+    let out_task = tokio::spawn(outbound.serve(outbound_l, drain_watch.clone()));
+    let issuer_task = tokio::spawn(issuer.serve(issuer_l, drain_watch.clone()));
+    let admin_task = tokio::spawn(admin::serve(admin_l, state, drain_watch.clone()));
+    drop(drain_watch);
+    tracing::info!("authbridge dev ready");
+
+    shutdown_signal().await;
+    tracing::info!(grace = ?DRAIN_GRACE, "draining: listeners closed, finishing in-flight requests");
+    let clean = drain_trigger.drain(DRAIN_GRACE).await;
+    let _ = out_task.await;
+    issuer_task.abort();
+    admin_task.abort();
+    if clean {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!("grace period over with connections still open; exiting");
+    }
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn print_banner(
+    args: &DevArgs,
+    policy: &Policy,
+    trust: &DevTrustDomain,
+    issuer_url: &str,
+    token_url: &str,
+    assertion_aud: &str,
+    external: bool,
+) {
+    let out_addr = format!("127.0.0.1:{}", args.outbound_port);
+    let bar = "=".repeat(78);
+    let mut s = String::new();
+    let mut line = |l: &str| {
+        s.push_str(l);
+        s.push('\n');
+    };
+    line(&bar);
+    line("  AUTHBRIDGE DEV -- DEVELOPMENT ONLY -- DO NOT USE IN PRODUCTION");
+    line("  Ephemeral in-memory keys; the dev issuer mints a token for anyone who asks.");
+    line("  INBOUND VALIDATION IS NOT IN THIS BUILD YET: no inbound listener runs and no");
+    line("  inbound request is validated (no mTLS, no JWT check) by this command.");
+    line(&bar);
+    line(&format!("outbound: {out_addr}"));
+    line(&format!("issuer: {issuer_url}"));
+    line(&format!("admin: 127.0.0.1:{}", args.admin_port));
+    line("");
+    line(&format!(
+        "--app {}: the target of the inbound gateway, which is NOT active in this build (nothing listens inbound)",
+        args.app
+    ));
+    line("");
+    line(&format!(
+        "identity (in memory, trust domain spiffe://{TRUST_DOMAIN}):"
+    ));
+    line(&format!(
+        "  JWT-SVID   {AGENT_ID}  ES256, minted per exchange, valid {}s, aud {assertion_aud}",
+        JWT_SVID_TTL.as_secs()
+    ));
+    line(&format!(
+        "  X.509-SVID {}  expires {}  (CA spiffe://{TRUST_DOMAIN}, expires {})",
+        trust.x509.spiffe_id,
+        rfc3339(trust.x509.svid_not_after),
+        rfc3339(trust.x509.ca_not_after)
+    ));
+    line("");
+    line(&format!("routes ({}):", policy.origin));
+    for (i, r) in policy.table.routes.iter().enumerate() {
+        line(&format!("  {i}: {}", describe_route(r)));
+    }
+    line(&format!(
+        "  no route matches -> {}",
+        policy.table.default_policy
+    ));
+    line(&format!(
+        "  exchange route, request without a bearer token -> {}",
+        no_token_str(policy.no_token)
+    ));
+    line("");
+    if external {
+        line(&format!("token exchange: {token_url} (--issuer)"));
+        line(&format!(
+            "  client auth: jwt-spiffe: client_assertion = JWT-SVID sub {AGENT_ID}, aud {assertion_aud},"
+        ));
+        line(&format!(
+            "  client_id {}; the issuer must trust the dev trust domain's JWT bundle, served at {issuer_url}/dev/jwt-bundle",
+            policy.client_id.as_deref().unwrap_or(AGENT_ID)
+        ));
+        line("  (Keycloak 26: a SPIFFE identity provider for spiffe://dev.local with that bundle endpoint, and a");
+        line("  client whose authenticator is \"Signed JWT - Federated\" with that provider and subject");
+        line(&format!(
+            "  {AGENT_ID}). The keys change on every start. Get user tokens from the real issuer;"
+        ));
+        line("  /dev/token tokens are not accepted there.");
+    } else {
+        line(&format!(
+            "token exchange: {token_url} (embedded dev issuer; client auth jwt-spiffe as {AGENT_ID})"
+        ));
+    }
+    line("");
+    line("try it (copy-paste):");
+    line(&format!(
+        "  export HTTP_PROXY=http://{out_addr} http_proxy=http://{out_addr}"
+    ));
+    line(&format!(
+        "  TOKEN=$(curl -s --noproxy '*' -d sub=alice -d aud=my-agent -d scope=openid {issuer_url}/dev/token | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')"
+    ));
+    line(&format!(
+        "  curl -s -x http://{out_addr} -H \"Authorization: Bearer $TOKEN\" http://localhost:9000/   # your tool: it gets an exchanged token"
+    ));
+    line(&bar);
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(s.as_bytes());
+    let _ = stdout.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_routes_parse_and_match_local_hosts_only() {
+        let t = RouteTable::new(
+            parse_routes_yaml(DEFAULT_ROUTES, "d").unwrap(),
+            Action::Passthrough,
+        );
+        for h in ["localhost", "tool.localhost", "127.0.0.1", "::1"] {
+            assert_eq!(t.lookup(h).action, Action::Exchange, "{h}");
+            assert_eq!(
+                t.lookup(h).route.unwrap().audience.as_deref(),
+                Some("dev-tool")
+            );
+        }
+        assert_eq!(t.lookup("api.openai.com").action, Action::Passthrough);
+    }
+
+    #[test]
+    fn dates_and_app() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_709_210_096)),
+            "2024-02-29T12:34:56Z"
+        );
+        assert!(check_app("127.0.0.1:8000").is_ok());
+        assert!(check_app("[::1]:8000").is_ok());
+        assert!(check_app("nope").is_err());
+        assert!(check_app(":80").is_err());
+    }
+}
