@@ -38,3 +38,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "==> cargo test"
 cargo test --workspace --locked
+
+echo "==> deploy manifests (kubernetes-validate --strict), Dockerfile (hadolint), shipped config (authbridge check)"
+./scripts/lint-deploy.sh
