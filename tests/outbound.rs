@@ -764,3 +764,73 @@ async fn configmap_symlink_swap_reload() {
         "{m}"
     );
 }
+
+/// `--log-format json`: one JSON object per line; every request gets an access-log line with
+/// direction, host, route, action, status and duration; no token appears in the logs.
+#[tokio::test]
+async fn json_access_log() {
+    let sts = Sts::builder().start().await;
+    let up = Upstream::start().await;
+    let dir = TempDir::new("jsonlog");
+    let routes =
+        "- host: localhost\n  target_audience: tool-aud\n- host: 127.0.0.3\n  action: deny\n";
+    let proxy = Proxy::start_full(
+        &secret_config(&sts, &dir, routes, ""),
+        dir,
+        &[],
+        &["--log-format", "json"],
+    )
+    .await;
+    let user = sts.mint_user_token("alice", "agent", "openid").await;
+    let client = proxy.client();
+    let (status, body) = json(
+        client
+            .get(format!("http://localhost:{}/x", up.addr.port()))
+            .bearer_auth(&user)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let exchanged = body["authorization"].as_str().unwrap().to_string();
+    let (status, _) = json(
+        client
+            .get(format!("http://127.0.0.3:{}/", up.addr.port()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = proxy.logs();
+    let lines: Vec<Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let access: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["target"] == "authbridge::access")
+        .collect();
+    assert_eq!(access.len(), 2, "{logs}");
+    let ex = access
+        .iter()
+        .find(|v| v["action"] == "exchange")
+        .expect("exchange line");
+    assert_eq!(ex["direction"], "outbound");
+    assert_eq!(ex["host"], "localhost");
+    assert_eq!(ex["route"], 0);
+    assert_eq!(ex["status"], 200);
+    assert!(ex["duration_ms"].as_f64().unwrap() >= 0.0);
+    let deny = access
+        .iter()
+        .find(|v| v["action"] == "deny")
+        .expect("deny line");
+    assert_eq!(
+        (deny["route"].as_i64(), deny["status"].as_i64()),
+        (Some(1), Some(403))
+    );
+    assert!(!logs.contains(&user) && !logs.contains(exchanged.trim_start_matches("Bearer ")));
+    assert!(!logs.contains("s3cret"));
+}

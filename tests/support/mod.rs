@@ -97,6 +97,16 @@ impl Proxy {
     }
 
     pub async fn start_with_env(config: &str, dir: TempDir, env: &[(&str, &str)]) -> Proxy {
+        Self::start_full(config, dir, env, &[]).await
+    }
+
+    /// Like [`Proxy::start`], with extra environment and extra command-line arguments.
+    pub async fn start_full(
+        config: &str,
+        dir: TempDir,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Proxy {
         let outbound: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let text = config
@@ -110,6 +120,7 @@ impl Proxy {
         cmd.arg("run")
             .arg("--config")
             .arg(&cfg)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
