@@ -834,3 +834,35 @@ async fn json_access_log() {
     assert!(!logs.contains(&user) && !logs.contains(exchanged.trim_start_matches("Bearer ")));
     assert!(!logs.contains("s3cret"));
 }
+
+/// SIGTERM while an SSE stream is being delivered: the stream finishes, then the process exits 0.
+#[tokio::test]
+async fn sigterm_mid_stream_finishes_the_stream() {
+    let sts = Sts::builder().start().await;
+    let up = Upstream::start().await;
+    let dir = TempDir::new("midstream");
+    let mut proxy = Proxy::start(&secret_config(&sts, &dir, "", ""), dir).await;
+    let mut resp = proxy
+        .client()
+        .get(format!("http://127.0.0.1:{}/sse", up.addr.port()))
+        .send()
+        .await
+        .unwrap();
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("event 0"));
+    proxy.sigterm();
+    let mut rest = Vec::new();
+    while let Some(c) = resp.chunk().await.unwrap() {
+        rest.extend_from_slice(&c);
+    }
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.contains("event 1") && rest.contains("event 2"),
+        "{rest}"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{}", proxy.logs());
+}
