@@ -415,32 +415,10 @@ async fn serve(
     drop(drain_watch);
     tracing::info!("authbridge dev ready");
 
-    shutdown_signal().await;
-    tracing::info!(grace = ?DRAIN_GRACE, "draining: listeners closed, finishing in-flight requests");
-    let clean = drain_trigger.drain(DRAIN_GRACE).await;
-    let _ = out_task.await;
+    let code = crate::run::wait_then_drain(drain_trigger, DRAIN_GRACE, out_task).await;
     issuer_task.abort();
     admin_task.abort();
-    if clean {
-        tracing::info!("drained; exiting");
-    } else {
-        tracing::warn!("grace period over with connections still open; exiting");
-    }
-    ExitCode::SUCCESS
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    code
 }
 
 fn print_banner(

@@ -213,11 +213,21 @@ async fn serve(cfg: Config, eff: Effective, table: RouteTable, sts: Option<StsCl
     let admin_task = tokio::spawn(admin::serve(admin_listener, state, drain_watch.clone()));
     drop(drain_watch);
 
-    shutdown_signal().await;
-    tracing::info!(grace = ?eff.drain_grace, open = drain_trigger.open_connections(), "draining: listeners closed, finishing in-flight requests");
-    let clean = drain_trigger.drain(eff.drain_grace).await;
-    let _ = out_task.await;
+    let code = wait_then_drain(drain_trigger, eff.drain_grace, out_task).await;
     admin_task.abort();
+    code
+}
+
+/// Waits for SIGTERM / ctrl-c, then drains: listeners close, in-flight requests get `grace`.
+pub(crate) async fn wait_then_drain(
+    trigger: drain::DrainTrigger,
+    grace: Duration,
+    out_task: tokio::task::JoinHandle<()>,
+) -> ExitCode {
+    shutdown_signal().await;
+    tracing::info!(grace = ?grace, open = trigger.open_connections(), "draining: listeners closed, finishing in-flight requests");
+    let clean = trigger.drain(grace).await;
+    let _ = out_task.await;
     if clean {
         tracing::info!("drained; exiting");
     } else {
