@@ -3,7 +3,7 @@
 
 use crate::config::{build_table, Config};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use outbound_exchange::routes::{load_routes_file, Action, RouteTable};
+use outbound_exchange::routes::{load_routes_file, RouteTable};
 use proxy_core::iptables;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -221,7 +221,6 @@ fn explain(config: Option<&Path>, routes: Option<&Path>, json: bool, hosts: &[St
         };
         let _ = writeln!(out, "{line}");
     }
-    let _ = Action::Exchange;
     ExitCode::SUCCESS
 }
 

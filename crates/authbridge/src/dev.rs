@@ -288,15 +288,9 @@ pub fn dev(args: DevArgs, log_format: LogFormat) -> ExitCode {
             Err(e) => return usage_error(e),
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::run::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let (token_url, assertion_aud) = match &external {
         None => (issuer.token_url(), issuer_url.clone()),

@@ -68,17 +68,22 @@ pub fn run(path: &Path, log_format: LogFormat) -> ExitCode {
         Err(e) => return config_error(format!("{name}: {e}")),
     };
     init_tracing(log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     rt.block_on(serve(cfg, eff, table, sts))
+}
+
+/// The multi-threaded runtime; exit code 1 when it cannot start.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        })
 }
 
 fn build_sts(cfg: &Config, eff: &Effective) -> Result<Option<StsClient>, String> {

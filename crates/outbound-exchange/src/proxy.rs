@@ -8,11 +8,10 @@
 //! agent's own connection would have been), so a redirected connection never shares an
 //! upstream connection with another destination.
 
-use crate::cache::{CacheConfig, CacheKey, Outcome, TokenCache};
+use crate::cache::{CacheConfig, CacheKey, TokenCache};
 use crate::glob::normalize_host;
 use crate::routes::{Action, Route, RouteTable};
 use crate::sts::{ExchangeError, ExchangeRequest, StsClient};
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -539,7 +538,6 @@ impl Outbound {
             })
             .await;
         self.metrics.cache(outcome.as_str()).inc();
-        let _ = Outcome::Hit;
         match result {
             Ok(token) => {
                 let mut v = String::with_capacity(7 + token.len());
@@ -796,7 +794,3 @@ fn access_log(
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
     );
 }
-
-/// Unused import guard for `Bytes` in some cfgs.
-#[allow(dead_code)]
-fn _bytes(_: Bytes) {}

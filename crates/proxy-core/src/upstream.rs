@@ -28,7 +28,6 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStrea
             tracing::debug!(error = %e, "cannot set SO_MARK on upstream sockets (needs CAP_NET_ADMIN); relying on the UID exemption");
         }
     }
-    let _ = &MARK_WARNED;
     sock.set_nodelay(true)?;
     match tokio::time::timeout(timeout, sock.connect(addr)).await {
         Ok(r) => r,
