@@ -76,6 +76,8 @@ pub enum JwtSvidProvider {
     /// An in-memory signer (the `authbridge dev` trust domain): called with the audience on
     /// every use and returns a freshly minted JWT-SVID.
     InMemory(SvidMinter),
+    /// The SPIFFE Workload API: one JWT-SVID per audience, cached until half its lifetime.
+    WorkloadApi(Arc<crate::workload::WorkloadJwt>),
     /// No identity: exchanges that need a client assertion fail closed.
     None,
 }
@@ -117,6 +119,7 @@ impl JwtSvidProvider {
                 }
                 Ok(svid)
             }
+            JwtSvidProvider::WorkloadApi(w) => w.fetch(audience).await,
             JwtSvidProvider::InMemory(mint) => {
                 let svid = (mint.0)(audience)?;
                 if svid.is_expired() {
