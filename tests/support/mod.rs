@@ -3,6 +3,7 @@
 //! upgrades), and JWT-SVID signing for `jwt-spiffe` client authentication.
 #![allow(dead_code)]
 
+pub mod mtls;
 pub mod sts;
 pub mod upstream;
 
@@ -84,14 +85,17 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
 pub struct Proxy {
     pub child: Child,
     pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
     pub admin: SocketAddr,
     pub dir: TempDir,
     pub stderr_path: PathBuf,
 }
 
 impl Proxy {
-    /// Writes `config` (with `{OUT}` and `{ADMIN}` replaced by free addresses) and starts
-    /// `authbridge run`, waiting until the admin port answers `/readyz` with 200.
+    /// Writes `config` (with `{OUT}`, `{IN}` and `{ADMIN}` replaced by free addresses; a
+    /// config without an `inbound:` section gets `inbound.listen: {IN}` so parallel tests do
+    /// not share port 15124) and starts `authbridge run`, waiting until the admin port
+    /// answers `/readyz` with 200.
     pub async fn start(config: &str, dir: TempDir) -> Proxy {
         Self::start_with_env(config, dir, &[]).await
     }
@@ -107,9 +111,22 @@ impl Proxy {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Proxy {
+        let mut p = Self::spawn(config, dir, env, args);
+        p.wait_ready().await;
+        p
+    }
+
+    /// Starts `authbridge run` without waiting for readiness.
+    pub fn spawn(config: &str, dir: TempDir, env: &[(&str, &str)], args: &[&str]) -> Proxy {
         let outbound: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let inbound: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut config = config.to_string();
+        if !config.contains("{IN}") && !config.lines().any(|l| l.starts_with("inbound:")) {
+            config.push_str("\ninbound:\n  listen: \"{IN}\"\n");
+        }
         let text = config
+            .replace("{IN}", &inbound.to_string())
             .replace("{OUT}", &outbound.to_string())
             .replace("{ADMIN}", &admin.to_string())
             .replace("{DIR}", &dir.path().display().to_string());
@@ -130,15 +147,14 @@ impl Proxy {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn authbridge");
-        let mut p = Proxy {
+        Proxy {
             child,
             outbound,
+            inbound,
             admin,
             dir,
             stderr_path,
-        };
-        p.wait_ready().await;
-        p
+        }
     }
 
     pub async fn wait_ready(&mut self) {

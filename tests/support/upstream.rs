@@ -139,6 +139,12 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible
         "authorization": h("authorization"),
         "proxy_connection": h("proxy-connection"),
         "connection": h("connection"),
+        "identity": req
+            .headers()
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with("x-authbridge-"))
+            .map(|(k, v)| (k.as_str().to_string(), serde_json::Value::from(v.to_str().unwrap_or("<binary>"))))
+            .collect::<serde_json::Map<_, _>>(),
     });
     let mut r = Response::new(full(body.to_string()));
     r.headers_mut()

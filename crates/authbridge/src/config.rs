@@ -266,7 +266,10 @@ fn comment_start(line: &str) -> Option<usize> {
 #[derive(Debug, Clone)]
 pub struct Effective {
     pub outbound_listen: SocketAddr,
+    pub inbound_listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    pub allowed_peers: Vec<spiffe_source::IdPattern>,
+    pub workload_api_endpoint: String,
     pub exchange_timeout: Duration,
     pub drain_grace: Duration,
     pub routes_file: Option<PathBuf>,
@@ -320,7 +323,7 @@ impl Config {
             })
         };
         let outbound_listen = addr("outbound.listen", &self.outbound.listen, &mut errors);
-        addr("inbound.listen", &self.inbound.listen, &mut errors);
+        let inbound_listen = addr("inbound.listen", &self.inbound.listen, &mut errors);
         let admin_listen = addr("admin.listen", &self.admin.listen, &mut errors);
         let exchange_timeout = dur(
             "outbound.exchange_timeout",
@@ -342,7 +345,42 @@ impl Config {
                 self.inbound.upstream
             ));
         }
+        let mut allowed_peers = Vec::new();
+        for (i, p) in self.inbound.allowed_peers.iter().enumerate() {
+            match spiffe_source::IdPattern::parse(p) {
+                Ok(p) => allowed_peers.push(p),
+                Err(m) => errors.push(format!("{file}: inbound.allowed_peers[{i}]: {m}")),
+            }
+        }
+        for (i, td) in self.inbound.allowed_trust_domains.iter().enumerate() {
+            if spiffe_source::SpiffeId::parse(&format!("spiffe://{td}")).is_err() {
+                errors.push(format!("{file}: inbound.allowed_trust_domains[{i}]: {td:?} is not a trust domain name (e.g. example.org, without spiffe://)"));
+            }
+        }
+        if self.inbound.mtls == MtlsMode::Strict && self.identity.source == IdentitySource::None {
+            errors.push(format!("{file}: inbound.mtls: strict needs an identity (identity.source: workload-api, files or static), got none"));
+        }
+        let workload_api_endpoint = if self.identity.workload_api_socket.is_empty() {
+            std::env::var("SPIFFE_ENDPOINT_SOCKET").unwrap_or_default()
+        } else {
+            self.identity.workload_api_socket.clone()
+        };
+        if self.identity.source == IdentitySource::WorkloadApi {
+            if workload_api_endpoint.is_empty() {
+                errors.push(format!("{file}: identity.workload_api_socket: required for identity.source: workload-api (or set SPIFFE_ENDPOINT_SOCKET), e.g. unix:///run/spire/sockets/agent.sock"));
+            } else if let Err(e) = spiffe_source::workload::check_endpoint(&workload_api_endpoint) {
+                errors.push(format!("{file}: identity.workload_api_socket: {e}"));
+            }
+        }
         if let Some(jwt) = &self.inbound.jwt {
+            if jwt.audiences.is_empty() && self.identity.source == IdentitySource::None {
+                errors.push(format!("{file}: inbound.jwt.audiences: required when there is no identity (the default is our own SPIFFE ID)"));
+            }
+            for (i, p) in jwt.bypass_paths.iter().enumerate() {
+                if let Err(m) = inbound_jwt::BypassPaths::new(std::slice::from_ref(p)) {
+                    errors.push(format!("{file}: inbound.jwt.bypass_paths[{i}]: {m}"));
+                }
+            }
             if jwt.issuer.is_empty() {
                 errors.push(format!(
                     "{file}: inbound.jwt.issuer: required when inbound.jwt is present"
@@ -396,7 +434,10 @@ impl Config {
         }
         Ok(Effective {
             outbound_listen,
+            inbound_listen,
             admin_listen,
+            allowed_peers,
+            workload_api_endpoint,
             exchange_timeout,
             drain_grace,
             routes_file,
@@ -438,13 +479,12 @@ impl Config {
                 }
             }
             ClientAuthKind::JwtSpiffe => match self.identity.source {
-                IdentitySource::Files => {}
+                IdentitySource::Files | IdentitySource::WorkloadApi => {}
                 IdentitySource::None => errors.push(format!(
                     "{file}: identity.source: exchange routes with client_auth: jwt-spiffe need an identity (files or workload-api), got none"
                 )),
-                other => errors.push(format!(
-                    "{file}: identity.source: {} cannot provide JWT-SVIDs in this build yet; use files (spiffe-helper's jwt_svid.token) or client_auth: client-secret",
-                    serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+                IdentitySource::Static => errors.push(format!(
+                    "{file}: identity.source: static cannot provide JWT-SVIDs (it holds only X.509 certificates); use workload-api, files (spiffe-helper's jwt_svid.token) or client_auth: client-secret"
                 )),
             },
         }

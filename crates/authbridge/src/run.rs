@@ -3,16 +3,17 @@
 
 use crate::cli::LogFormat;
 use crate::config::{
-    build_table, ClientAuthKind, Config, Effective, IdentitySource, NoTokenPolicy,
+    build_table, ClientAuthKind, Config, Effective, IdentitySource, MtlsMode, NoTokenPolicy,
 };
 use outbound_exchange::proxy::{NoTokenPolicy as Policy, Outbound, OutboundSettings};
 use outbound_exchange::routes::{parse_routes_yaml, Route, RouteTable};
 use outbound_exchange::sts::{ClientAuth, StsClient};
 use proxy_core::admin::{self, AdminState};
+use proxy_core::inbound::{Inbound, InboundSettings, InboundUpstream, Mtls};
 use proxy_core::metrics::Metrics;
 use proxy_core::readiness::Readiness;
 use proxy_core::{drain, SoOriginalDst};
-use spiffe_source::JwtSvidProvider;
+use spiffe_source::{Identity, JwtSvidProvider, SourceSpec};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -58,21 +59,55 @@ pub fn run(path: &Path, log_format: LogFormat) -> ExitCode {
     if let Err(e) = cfg.validate_exchange(&name, &table) {
         return config_error(e);
     }
-    if cfg.inbound.jwt.is_some() || cfg.inbound.mtls == crate::config::MtlsMode::Strict {
-        return config_error(format!(
-            "{name}: inbound: JWT validation and strict mTLS are not available in this build yet; remove inbound.jwt / set inbound.mtls: disabled (AuthBridge refuses to start rather than accept unvalidated traffic)"
-        ));
-    }
-    let sts = match build_sts(&cfg, &eff) {
-        Ok(s) => s,
-        Err(e) => return config_error(format!("{name}: {e}")),
-    };
     init_tracing(log_format);
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    rt.block_on(serve(cfg, eff, table, sts))
+    let _enter = rt.enter();
+    let metrics = Arc::new(Metrics::new());
+    let identity = match start_identity(&cfg, &eff, &metrics) {
+        Ok(i) => i,
+        Err(e) => return config_error(format!("{name}: identity: {e}")),
+    };
+    let sts = match build_sts(&cfg, &eff, &identity) {
+        Ok(s) => s,
+        Err(e) => return config_error(format!("{name}: {e}")),
+    };
+    rt.block_on(serve(cfg, eff, table, sts, identity, metrics))
+}
+
+/// Starts the configured identity source; rotations and errors are counted in
+/// `authbridge_svid_rotations{result}`.
+pub(crate) fn start_identity(
+    cfg: &Config,
+    eff: &Effective,
+    metrics: &Arc<Metrics>,
+) -> Result<Identity, spiffe_source::IdentityError> {
+    let spec = match cfg.identity.source {
+        IdentitySource::None => SourceSpec::None,
+        IdentitySource::Files => SourceSpec::Files {
+            dir: PathBuf::from(&cfg.identity.svid_dir),
+        },
+        IdentitySource::Static => SourceSpec::Static {
+            cert: PathBuf::from(&cfg.identity.cert_file),
+            key: PathBuf::from(&cfg.identity.key_file),
+            bundle: (!cfg.identity.bundle_file.is_empty())
+                .then(|| PathBuf::from(&cfg.identity.bundle_file)),
+        },
+        IdentitySource::WorkloadApi => SourceSpec::WorkloadApi {
+            endpoint: eff.workload_api_endpoint.clone(),
+        },
+    };
+    let m = metrics.clone();
+    let on_event: spiffe_source::source::EventFn = Arc::new(move |kind, result| {
+        let label = match (kind, result) {
+            (_, "rotated") => "success",
+            _ => "failure",
+        };
+        m.svid_rotations.get_or_create(&[("result", label)]).inc();
+    });
+    spiffe_source::source::start(&spec, on_event)
 }
 
 /// The multi-threaded runtime; exit code 1 when it cannot start.
@@ -86,7 +121,11 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn build_sts(cfg: &Config, eff: &Effective) -> Result<Option<StsClient>, String> {
+fn build_sts(
+    cfg: &Config,
+    eff: &Effective,
+    identity: &Identity,
+) -> Result<Option<StsClient>, String> {
     let client_id = (!cfg.outbound.client_id.is_empty()).then(|| cfg.outbound.client_id.clone());
     let auth = match cfg.outbound.client_auth {
         ClientAuthKind::ClientSecret => {
@@ -102,21 +141,26 @@ fn build_sts(cfg: &Config, eff: &Effective) -> Result<Option<StsClient>, String>
             }
             ClientAuth::Secret(Arc::from(secret))
         }
-        ClientAuthKind::JwtSpiffe => match cfg.identity.source {
-            IdentitySource::Files => ClientAuth::JwtSpiffe {
-                provider: JwtSvidProvider::File {
-                    path: Path::new(&cfg.identity.svid_dir).join("jwt_svid.token"),
-                },
+        ClientAuthKind::JwtSpiffe => match &identity.jwt {
+            JwtSvidProvider::None => return Ok(None),
+            provider => ClientAuth::JwtSpiffe {
+                provider: provider.clone(),
                 audience: (!cfg.outbound.jwt_svid_audience.is_empty())
                     .then(|| cfg.outbound.jwt_svid_audience.clone()),
             },
-            _ => return Ok(None),
         },
     };
     StsClient::new(client_id, auth, eff.exchange_timeout).map(Some)
 }
 
-async fn serve(cfg: Config, eff: Effective, table: RouteTable, sts: Option<StsClient>) -> ExitCode {
+async fn serve(
+    cfg: Config,
+    eff: Effective,
+    table: RouteTable,
+    sts: Option<StsClient>,
+    identity: Identity,
+    metrics: Arc<Metrics>,
+) -> ExitCode {
     for w in &eff.warnings {
         tracing::warn!("{w}");
     }
@@ -124,7 +168,6 @@ async fn serve(cfg: Config, eff: Effective, table: RouteTable, sts: Option<StsCl
         tracing::warn!("routes: {w}");
     }
     tracing::info!(config = %serde_json::to_string(&cfg.dump()).unwrap_or_default(), "effective configuration");
-    let metrics = Arc::new(Metrics::new());
     let readiness = Readiness::new();
     let (drain_trigger, drain_watch) = drain::channel();
 
@@ -134,6 +177,16 @@ async fn serve(cfg: Config, eff: Effective, table: RouteTable, sts: Option<StsCl
             eprintln!(
                 "error: outbound.listen: cannot listen on {}: {e}",
                 eff.outbound_listen
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let inbound_listener = match proxy_core::listen::bind(eff.inbound_listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "error: inbound.listen: cannot listen on {}: {e}",
+                eff.inbound_listen
             );
             return ExitCode::from(1);
         }
@@ -207,14 +260,62 @@ async fn serve(cfg: Config, eff: Effective, table: RouteTable, sts: Option<StsCl
         settings,
         metrics.clone(),
     );
+    // Readiness waits for the X.509-SVID from sources that always provide one, and from the
+    // files source when strict mTLS cannot work without it (spiffe-helper may be configured
+    // to write only jwt_svid.token for outbound-only pods).
+    if matches!(
+        cfg.identity.source,
+        IdentitySource::WorkloadApi | IdentitySource::Static
+    ) || (cfg.identity.source == IdentitySource::Files && cfg.inbound.mtls == MtlsMode::Strict)
+    {
+        let pending = readiness.pending("identity");
+        let rx = identity.x509.clone();
+        tokio::spawn(async move {
+            let mut rx = rx;
+            let _ = rx.wait_for(|v| v.is_some()).await;
+            pending.ready();
+        });
+    }
+    let authz = match &cfg.inbound.jwt {
+        Some(j) => match inbound_authorizer(j, &identity, &metrics, &readiness) {
+            Ok(a) => Some(a),
+            Err(e) => return config_error(format!("inbound.jwt: {e}")),
+        },
+        None => None,
+    };
+    let inbound = Inbound::new(
+        InboundSettings {
+            upstream: if cfg.inbound.upstream == "original-dst" {
+                InboundUpstream::OriginalDst
+            } else {
+                InboundUpstream::Fixed(cfg.inbound.upstream.clone())
+            },
+            mtls: match cfg.inbound.mtls {
+                MtlsMode::Strict => Mtls::Strict,
+                MtlsMode::Permissive => Mtls::Permissive,
+                MtlsMode::Disabled => Mtls::Disabled,
+            },
+            allowed_trust_domains: cfg.inbound.allowed_trust_domains.clone(),
+            allowed_peers: eff.allowed_peers.clone(),
+            ..Default::default()
+        },
+        identity.x509.clone(),
+        authz,
+        Arc::new(SoOriginalDst),
+        metrics.clone(),
+    );
     let dump_cfg = cfg.clone();
     let state = AdminState {
         readiness: readiness.clone(),
         metrics: metrics.clone(),
         config_dump: Arc::new(move || dump_cfg.dump()),
     };
-    tracing::info!(outbound = %eff.outbound_listen, admin = %eff.admin_listen, "listening");
+    tracing::info!(inbound = %eff.inbound_listen, outbound = %eff.outbound_listen, admin = %eff.admin_listen, "listening");
+    let in_task = tokio::spawn(inbound.serve(inbound_listener, drain_watch.clone()));
     let out_task = tokio::spawn(outbound.serve(outbound_listener, drain_watch.clone()));
+    let out_task = tokio::spawn(async move {
+        let _ = tokio::join!(in_task, out_task);
+    });
     let admin_task = tokio::spawn(admin::serve(admin_listener, state, drain_watch.clone()));
     drop(drain_watch);
 
@@ -308,5 +409,77 @@ async fn reload_routes(
                 tracing::error!(error = %e, "invalid routes file; keeping the routes in effect");
             }
         }
+    }
+}
+
+/// The inbound JWT check: JWKS fetched in the background (pending `jwks` until loaded), the
+/// audiences from the config or, by default, our own SPIFFE ID once the identity is loaded.
+/// Until then requests that need a token are refused with 503 (fail closed).
+pub(crate) fn inbound_authorizer(
+    j: &crate::config::JwtConfig,
+    identity: &Identity,
+    metrics: &Arc<Metrics>,
+    readiness: &Readiness,
+) -> Result<Arc<dyn proxy_core::inbound::Authorizer>, String> {
+    let clock_skew = proxy_core::duration::parse_duration(&j.clock_skew)
+        .map_err(|e| format!("clock_skew: {e}"))?;
+    let bypass =
+        inbound_jwt::BypassPaths::new(&j.bypass_paths).map_err(|e| format!("bypass_paths: {e}"))?;
+    let cell = Arc::new(std::sync::OnceLock::new());
+    let build = {
+        let j = j.clone();
+        let metrics = metrics.clone();
+        let cell = cell.clone();
+        move |audiences: Vec<String>, readiness: &Readiness| -> Result<(), String> {
+            let mut jc =
+                inbound_jwt::JwtConfig::new(j.issuer.clone(), j.jwks_uri.clone(), audiences);
+            jc.clock_skew = clock_skew;
+            let jwks = inbound_jwt::Jwks::start(&jc, metrics.clone(), readiness)
+                .map_err(|e| format!("jwks_uri: {e}"))?;
+            let validator = Arc::new(inbound_jwt::Validator::new(jc, jwks));
+            let _ = cell.set(inbound_jwt::JwtAuth::new(validator, bypass, &metrics));
+            Ok(())
+        }
+    };
+    if !j.audiences.is_empty() {
+        build(j.audiences.clone(), readiness)?;
+    } else {
+        let pending = readiness.pending("jwks");
+        let mut rx = identity.x509.clone();
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            let Ok(id) = rx.wait_for(|v| v.is_some()).await.map(|v| v.clone()) else {
+                return;
+            };
+            let Some(id) = id else { return };
+            let aud = id.spiffe_id().to_string();
+            tracing::info!(audience = %aud, "inbound.jwt.audiences defaults to our SPIFFE ID");
+            if let Err(e) = build(vec![aud], &readiness) {
+                tracing::error!(error = %e, "inbound.jwt");
+            }
+            drop(pending);
+        });
+    }
+    Ok(Arc::new(JwtAuthorizer(cell)))
+}
+
+struct JwtAuthorizer(Arc<std::sync::OnceLock<inbound_jwt::JwtAuth>>);
+
+impl proxy_core::inbound::Authorizer for JwtAuthorizer {
+    fn authorize<'a>(
+        &'a self,
+        headers: &'a mut http::HeaderMap,
+        path: &'a str,
+    ) -> proxy_core::inbound::AuthFuture<'a> {
+        Box::pin(async move {
+            match self.0.get() {
+                Some(auth) => auth.authorize(headers, path).await.map(|_| ()),
+                None => Err(proxy_core::http::json_error(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "not_ready",
+                    "the identity that inbound tokens must be addressed to is not loaded yet",
+                )),
+            }
+        })
     }
 }

@@ -13,18 +13,17 @@ use crate::glob::normalize_host;
 use crate::routes::{Action, Route, RouteTable};
 use crate::sts::{ExchangeError, ExchangeRequest, StsClient};
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use proxy_core::drain;
-use proxy_core::http::{bearer_token, json_error, strip_hop_by_hop, wants_upgrade, Body};
+use proxy_core::forward::{self, ForwardError};
+use proxy_core::http::{bearer_token, json_error, Body};
 use proxy_core::metrics::Metrics;
 use proxy_core::sniff::{sniff, Sniffed};
 use proxy_core::upstream;
 use proxy_core::OriginalDst;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -106,15 +105,10 @@ impl std::fmt::Display for Dest {
     }
 }
 
-enum UpSender {
-    H1(hyper::client::conn::http1::SendRequest<Body>),
-    H2(hyper::client::conn::http2::SendRequest<Body>),
-}
-
 /// Per downstream connection.
 struct ConnCtx {
     mode: Mode,
-    upstreams: tokio::sync::Mutex<HashMap<(Dest, bool), UpSender>>,
+    upstreams: forward::Upstreams<Dest>,
 }
 
 type BoxFut = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -309,7 +303,7 @@ impl Outbound {
     {
         let ctx = Arc::new(ConnCtx {
             mode,
-            upstreams: tokio::sync::Mutex::new(HashMap::new()),
+            upstreams: forward::Upstreams::new(),
         });
         let this = self.clone();
         let drain2 = drain.clone();
@@ -617,163 +611,37 @@ impl Outbound {
 
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         dest: Dest,
         authority: Option<String>,
         ctx: &ConnCtx,
     ) -> Response<Body> {
-        let upgrade = wants_upgrade(req.headers());
-        let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let h2 = req.version() == Version::HTTP_2;
-        let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers, upgrade);
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
         let authority = authority.unwrap_or_else(|| dest.to_string());
-        if h2 {
-            parts.uri = match Uri::builder()
-                .scheme("http")
-                .authority(authority.as_str())
-                .path_and_query(pq.as_str())
-                .build()
-            {
-                Ok(u) => u,
-                Err(_) => {
-                    return json_error(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        "invalid request target",
-                    )
-                }
-            };
-            parts.version = Version::HTTP_2;
-        } else {
-            parts.uri = match pq.parse() {
-                Ok(u) => u,
-                Err(_) => {
-                    return json_error(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        "invalid request target",
-                    )
-                }
-            };
-            parts.version = Version::HTTP_11;
-            if !parts.headers.contains_key(header::HOST) {
-                if let Ok(v) = HeaderValue::from_str(&authority) {
-                    parts.headers.insert(header::HOST, v);
-                }
-            }
-        }
-        let req = Request::from_parts(parts, body.boxed());
-        let mut resp = match self.send(ctx, &dest, h2, upgrade, req).await {
+        let send = |req, h2, upgrade| {
+            ctx.upstreams
+                .send(dest.clone(), h2, upgrade, req, || async {
+                    self.connect(&dest)
+                        .await
+                        .map(|s| Box::new(s) as forward::BoxIo)
+                        .map_err(|e| e.to_string())
+                })
+        };
+        match forward::forward(req, &authority, send).await {
             Ok(r) => r,
-            Err(e) => {
+            Err(ForwardError::BadTarget) => json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "invalid request target",
+            ),
+            Err(ForwardError::Upstream(e)) => {
                 tracing::info!(direction = "outbound", %dest, error = %e, "upstream request failed");
-                return json_error(
+                json_error(
                     StatusCode::BAD_GATEWAY,
                     "upstream_unavailable",
                     &format!("cannot reach {dest}: {e}"),
-                );
-            }
-        };
-        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if switching {
-            if let Some(down) = down_upgrade {
-                let up = hyper::upgrade::on(&mut resp);
-                tokio::spawn(async move {
-                    match tokio::try_join!(down, up) {
-                        Ok((d, u)) => {
-                            let _ = tokio::io::copy_bidirectional(
-                                &mut TokioIo::new(d),
-                                &mut TokioIo::new(u),
-                            )
-                            .await;
-                        }
-                        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-                    }
-                });
+                )
             }
         }
-        strip_hop_by_hop(resp.headers_mut(), switching);
-        resp.map(|b| b.boxed())
-    }
-
-    async fn send(
-        &self,
-        ctx: &ConnCtx,
-        dest: &Dest,
-        h2: bool,
-        upgrade: bool,
-        req: Request<Body>,
-    ) -> Result<Response<Incoming>, String> {
-        let key = (dest.clone(), h2);
-        let existing = ctx.upstreams.lock().await.remove(&key);
-        let reusable = match existing {
-            Some(UpSender::H1(mut s)) => {
-                (!s.is_closed() && s.ready().await.is_ok()).then_some(UpSender::H1(s))
-            }
-            Some(UpSender::H2(mut s)) => {
-                (!s.is_closed() && s.ready().await.is_ok()).then_some(UpSender::H2(s))
-            }
-            None => None,
-        };
-        let mut sender = match reusable {
-            Some(s) => s,
-            None => self.open(dest, h2).await?,
-        };
-        match &mut sender {
-            UpSender::H1(s) => {
-                let fut = s.send_request(req);
-                if !upgrade {
-                    ctx.upstreams.lock().await.insert(key, sender);
-                }
-                fut.await.map_err(|e| describe_hyper(&e))
-            }
-            UpSender::H2(s) => {
-                let mut s2 = s.clone();
-                ctx.upstreams.lock().await.insert(key, sender);
-                s2.send_request(req).await.map_err(|e| describe_hyper(&e))
-            }
-        }
-    }
-
-    async fn open(&self, dest: &Dest, h2: bool) -> Result<UpSender, String> {
-        let tcp = self.connect(dest).await.map_err(|e| e.to_string())?;
-        let io = TokioIo::new(tcp);
-        if h2 {
-            let (s, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .handshake(io)
-                .await
-                .map_err(|e| describe_hyper(&e))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Ok(UpSender::H2(s))
-        } else {
-            let (s, conn) = hyper::client::conn::http1::Builder::new()
-                .handshake(io)
-                .await
-                .map_err(|e| describe_hyper(&e))?;
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
-            Ok(UpSender::H1(s))
-        }
-    }
-}
-
-fn describe_hyper(e: &hyper::Error) -> String {
-    if e.is_closed() || e.is_incomplete_message() {
-        "connection closed by upstream".into()
-    } else if e.is_timeout() {
-        "timed out".into()
-    } else {
-        "protocol error".into()
     }
 }
 

@@ -8,7 +8,9 @@
 pub mod admin;
 pub mod drain;
 pub mod duration;
+pub mod forward;
 pub mod http;
+pub mod inbound;
 pub mod iptables;
 pub mod listen;
 pub mod metrics;

@@ -109,3 +109,85 @@ mod tests {
         }
     }
 }
+
+/// A SPIFFE ID pattern for `allowed_peers`: `*` matches any run of characters within one path
+/// segment (never `/`), `**` any run including `/`; everything else is literal. Compared
+/// case-sensitively (SPIFFE IDs are).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdPattern(String);
+
+impl IdPattern {
+    pub fn parse(s: &str) -> Result<IdPattern, String> {
+        if !s.starts_with("spiffe://") {
+            return Err(format!(
+                "{s:?} is not a SPIFFE ID pattern: it must start with \"spiffe://\""
+            ));
+        }
+        if s.contains("***") {
+            return Err(format!("{s:?}: \"***\" is not a valid wildcard"));
+        }
+        Ok(IdPattern(s.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn matches(&self, id: &str) -> bool {
+        // Tokens: literal bytes, Star (no '/'), DoubleStar.
+        let p = self.0.as_bytes();
+        let t = id.as_bytes();
+        // dp[j] = pattern prefix (up to i) matches text prefix of length j.
+        let mut dp = vec![false; t.len() + 1];
+        dp[0] = true;
+        let mut i = 0;
+        while i < p.len() {
+            let mut next = vec![false; t.len() + 1];
+            if p[i] == b'*' {
+                let double = i + 1 < p.len() && p[i + 1] == b'*';
+                for j in 0..=t.len() {
+                    if dp[j] {
+                        next[j] = true;
+                        let mut k = j;
+                        while k < t.len() && (double || t[k] != b'/') {
+                            k += 1;
+                            next[k] = true;
+                        }
+                    }
+                }
+                i += if double { 2 } else { 1 };
+            } else {
+                for j in 0..t.len() {
+                    if dp[j] && t[j] == p[i] {
+                        next[j + 1] = true;
+                    }
+                }
+                i += 1;
+            }
+            dp = next;
+        }
+        dp[t.len()]
+    }
+}
+
+#[cfg(test)]
+mod pattern_tests {
+    use super::IdPattern;
+
+    #[test]
+    fn star_stays_in_segment_double_star_crosses() {
+        let p = IdPattern::parse("spiffe://example.org/ns/*/sa/*").unwrap();
+        assert!(p.matches("spiffe://example.org/ns/team1/sa/agent"));
+        assert!(!p.matches("spiffe://example.org/ns/team1/x/sa/agent"));
+        assert!(!p.matches("spiffe://example.org/ns/team1/sa/agent/extra"));
+        assert!(!p.matches("spiffe://other.org/ns/team1/sa/agent"));
+        let d = IdPattern::parse("spiffe://example.org/**").unwrap();
+        assert!(d.matches("spiffe://example.org/a/b/c"));
+        assert!(!d.matches("spiffe://example.org.evil/a"));
+        let exact = IdPattern::parse("spiffe://example.org/tool").unwrap();
+        assert!(exact.matches("spiffe://example.org/tool"));
+        assert!(!exact.matches("spiffe://example.org/tool2"));
+        assert!(IdPattern::parse("example.org/x").is_err());
+        let mid = IdPattern::parse("spiffe://example.org/ns/*-prod/sa/*").unwrap();
+        assert!(mid.matches("spiffe://example.org/ns/a-prod/sa/b"));
+        assert!(!mid.matches("spiffe://example.org/ns/a/prod/sa/b"));
+    }
+}

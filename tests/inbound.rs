@@ -1,0 +1,356 @@
+//! Inbound end to end: `authbridge run` terminating mTLS from SPIFFE peers and validating the
+//! caller's JWT (tokens minted by a real oidc-provider with `jose`, JWKS served by it), then
+//! forwarding to a real upstream app in gateway mode.
+
+use authbridge_e2e::mtls::{identity, write_static, MtlsClient};
+use authbridge_e2e::sts::Sts;
+use authbridge_e2e::upstream::Upstream;
+use authbridge_e2e::{metric, Proxy, TempDir};
+use fake_workload_api::{FakeWorkloadApi, TestCa};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const AGENT: &str = "spiffe://example.org/ns/team1/sa/agent";
+const CALLER: &str = "spiffe://example.org/ns/team1/sa/caller";
+
+struct Setup {
+    ca: TestCa,
+    sts: Sts,
+    up: Upstream,
+    proxy: Proxy,
+}
+
+async fn setup(inbound_extra: &str) -> Setup {
+    let dir = TempDir::new("inbound");
+    let ca = TestCa::new("example.org");
+    let agent = ca.issue_svid(AGENT);
+    let (c, k, b) = write_static(dir.path(), &agent, &ca);
+    let sts = Sts::start().await;
+    let up = Upstream::start().await;
+    let config = format!(
+        r#"identity:
+  source: static
+  cert_file: {c}
+  key_file: {k}
+  bundle_file: {b}
+inbound:
+  listen: "{{IN}}"
+  upstream: "{up}"
+  mtls: strict
+{inbound_extra}  jwt:
+    issuer: {iss}
+    jwks_uri: {jwks}
+outbound:
+  listen: "{{OUT}}"
+admin:
+  listen: "{{ADMIN}}"
+"#,
+        c = c.display(),
+        k = k.display(),
+        b = b.display(),
+        up = up.addr,
+        iss = sts.issuer,
+        jwks = sts.jwks_uri,
+    );
+    let proxy = Proxy::start(&config, dir).await;
+    Setup { ca, sts, up, proxy }
+}
+
+async fn token(sts: &Sts, aud: &str, extra: &[(&str, &str)]) -> String {
+    let mut form = vec![("sub", "alice"), ("aud", aud), ("client_id", "frontend")];
+    form.extend_from_slice(extra);
+    sts.mint(&form).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mtls_with_jwt_allows_valid_callers_and_sets_identity_headers() {
+    let s = setup("").await;
+    let caller = identity(&s.ca.issue_svid(CALLER), &[&s.ca]);
+    let mut c = MtlsClient::connect(s.proxy.inbound, Some(caller.clone()), caller.clone())
+        .await
+        .unwrap();
+    let tok = token(&s.sts, AGENT, &[]).await;
+    let bearer = format!("Bearer {tok}");
+    let a = c
+        .get(
+            "/tools/run",
+            &[
+                ("authorization", &bearer),
+                ("x-authbridge-sub", "mallory"),
+                ("x-authbridge-peer-id", "spiffe://example.org/forged"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}\n{}", a.body, s.proxy.logs());
+    let j = a.json();
+    assert_eq!(j["path"], "/tools/run");
+    assert_eq!(
+        j["authorization"],
+        bearer.as_str(),
+        "Authorization forwarded unchanged"
+    );
+    assert_eq!(j["identity"]["x-authbridge-peer-id"], CALLER);
+    assert_eq!(j["identity"]["x-authbridge-sub"], "alice");
+    assert_eq!(j["identity"]["x-authbridge-iss"], s.sts.issuer.as_str());
+    assert_eq!(j["identity"]["x-authbridge-client-id"], "frontend");
+
+    // Keep-alive: a second request on the same connection, an ES256 token this time.
+    let es = token(&s.sts, AGENT, &[("alg", "ES256")]).await;
+    let a = c
+        .get("/again", &[("authorization", &format!("Bearer {es}"))])
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(s.up.hits(), 2);
+
+    // No token: 401 with the bare challenge.
+    let a = c.get("/tools/run", &[]).await.unwrap();
+    assert_eq!(a.status, 401);
+    assert_eq!(
+        a.headers["www-authenticate"],
+        r#"Bearer realm="authbridge""#
+    );
+    assert_eq!(a.json()["error"], "unauthorized");
+
+    // Tokens that must fail: wrong audience, expired, wrong issuer, garbage.
+    let wrong_aud = token(&s.sts, "spiffe://example.org/ns/team1/sa/other", &[]).await;
+    let expired = token(&s.sts, AGENT, &[("expires_in", "-300")]).await;
+    let wrong_iss = token(&s.sts, AGENT, &[("iss", "https://evil.example")]).await;
+    for bad in [
+        wrong_aud.as_str(),
+        expired.as_str(),
+        wrong_iss.as_str(),
+        "not.a.jwt",
+        "a.b",
+    ] {
+        let a = c
+            .get("/x", &[("authorization", &format!("Bearer {bad}"))])
+            .await
+            .unwrap();
+        assert_eq!(a.status, 401, "{bad:.20}: {}", a.body);
+        assert_eq!(
+            a.headers["www-authenticate"],
+            r#"Bearer realm="authbridge", error="invalid_token""#
+        );
+        assert!(!a.body.contains(bad), "token echoed in the answer");
+        assert_eq!(a.json()["error"], "unauthorized");
+    }
+    assert_eq!(s.up.hits(), 2, "a rejected request reached the agent");
+
+    // Bypass paths need no token; traversal out of a bypass pattern does.
+    let a = c.get("/healthz", &[]).await.unwrap();
+    assert_eq!(a.status, 200, "{}", a.body);
+    for sneaky in [
+        "/healthz/../admin",
+        "/.well-known/..%2fadmin",
+        "/.well-known/%2e%2e/admin",
+    ] {
+        let a = c.get(sneaky, &[]).await.unwrap();
+        assert_eq!(a.status, 401, "{sneaky} reached the agent without a token");
+    }
+
+    // Oversized request head: 431, no panic, no 5xx.
+    let big = "x".repeat(20 * 1024);
+    let mut c2 = MtlsClient::connect(s.proxy.inbound, Some(caller.clone()), caller.clone())
+        .await
+        .unwrap();
+    if let Ok(a) = c2.get("/x", &[("x-big", &big)]).await {
+        assert_eq!(a.status, 431);
+    }
+
+    let m = s.proxy.metrics().await;
+    assert!(
+        metric(&m, "authbridge_inbound_decisions_total{decision=\"allow\"") >= 2.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "authbridge_inbound_decisions_total{decision=\"deny\"") >= 6.0,
+        "{m}"
+    );
+    let logs = s.proxy.logs();
+    assert!(
+        !logs.contains(&tok) && !logs.contains(&wrong_aud),
+        "a token was logged"
+    );
+    let access = logs
+        .lines()
+        .filter(|l| l.contains("authbridge::access") && l.contains("inbound") && l.contains("401"))
+        .count();
+    assert!(
+        access >= 5,
+        "no inbound access log lines for the denials:\n{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_port_refuses_plaintext_missing_certs_and_unknown_trust_domains() {
+    let s = setup("").await;
+    let caller = identity(&s.ca.issue_svid(CALLER), &[&s.ca]);
+    // Plaintext HTTP on the strict port: no HTTP answer, the connection closes.
+    let mut tcp = tokio::net::TcpStream::connect(s.proxy.inbound)
+        .await
+        .unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("HTTP/1.1 200"),
+        "plaintext got through"
+    );
+    // TLS without a client certificate.
+    let r = async {
+        let mut c = MtlsClient::connect(s.proxy.inbound, None, caller.clone()).await?;
+        c.get("/", &[]).await
+    }
+    .await;
+    assert!(
+        r.is_err(),
+        "no client certificate was accepted: {:?}",
+        r.map(|a| a.status)
+    );
+    // A peer from a trust domain whose bundle we do not hold.
+    let other = TestCa::new("partner.example");
+    let foreign = identity(
+        &other.issue_svid("spiffe://partner.example/ns/x/sa/y"),
+        &[&other, &s.ca],
+    );
+    let r = async {
+        let mut c = MtlsClient::connect(s.proxy.inbound, Some(foreign), caller.clone()).await?;
+        c.get("/", &[]).await
+    }
+    .await;
+    assert!(r.is_err(), "foreign trust domain accepted");
+    // A certificate that is not an SVID (CA as leaf) from our own CA.
+    let ca_leaf = s.ca.issue_svid_with(
+        "spiffe://example.org/ns/x/sa/ca",
+        fake_workload_api::SvidOptions {
+            is_ca: true,
+            ..Default::default()
+        },
+    );
+    let bad = spiffe_source::source::identity_from_der(
+        ca_leaf.chain_der.clone(),
+        ca_leaf.key_pkcs8_der.clone(),
+        vec![],
+    );
+    assert!(bad.is_err(), "a CA leaf must not make an identity");
+    assert_eq!(s.up.hits(), 0);
+    let m = s.proxy.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "authbridge_inbound_decisions_total{decision=\"deny\",reason=\"plaintext\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "authbridge_inbound_decisions_total{decision=\"deny\",reason=\"handshake\"}"
+        ) >= 2.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_peers_and_trust_domains_answer_403() {
+    let dir = TempDir::new("inbound-peers");
+    let ca = TestCa::new("example.org");
+    let partner = TestCa::new("partner.example");
+    let sock = dir.path().join("agent.sock");
+    let fake = FakeWorkloadApi::start(
+        &sock,
+        ca.issue_svid(AGENT),
+        vec![ca.bundle(), partner.bundle()],
+    )
+    .await
+    .unwrap();
+    let up = Upstream::start().await;
+    let config = format!(
+        "identity:\n  source: workload-api\n  workload_api_socket: {ep}\ninbound:\n  listen: \"{{IN}}\"\n  upstream: \"{up}\"\n  mtls: strict\n  allowed_peers: [\"spiffe://example.org/ns/*/sa/good\", \"spiffe://partner.example/**\"]\n  allowed_trust_domains: [example.org]\nadmin:\n  listen: \"{{ADMIN}}\"\noutbound:\n  listen: \"{{OUT}}\"\n",
+        ep = fake.endpoint(),
+        up = up.addr,
+    );
+    let proxy = Proxy::start(&config, dir).await;
+    let trust = identity(&ca.issue_svid(CALLER), &[&ca, &partner]);
+    let call = |id: std::sync::Arc<spiffe_source::X509Identity>| {
+        let trust = trust.clone();
+        let addr = proxy.inbound;
+        async move {
+            let mut c = MtlsClient::connect(addr, Some(id), trust).await.unwrap();
+            c.get("/", &[]).await.unwrap()
+        }
+    };
+    let good = call(identity(
+        &ca.issue_svid("spiffe://example.org/ns/team2/sa/good"),
+        &[&ca],
+    ))
+    .await;
+    assert_eq!(good.status, 200, "{}", good.body);
+    assert_eq!(
+        good.json()["identity"]["x-authbridge-peer-id"],
+        "spiffe://example.org/ns/team2/sa/good"
+    );
+    let bad = call(identity(
+        &ca.issue_svid("spiffe://example.org/ns/team2/sa/bad"),
+        &[&ca],
+    ))
+    .await;
+    assert_eq!(bad.status, 403, "{}", bad.body);
+    assert_eq!(bad.json()["error"], "forbidden");
+    // partner.example: bundle held (federation), pattern matches, but the trust domain is not
+    // in allowed_trust_domains.
+    let fed = call(identity(
+        &partner.issue_svid("spiffe://partner.example/ns/a/sa/b"),
+        &[&partner],
+    ))
+    .await;
+    assert_eq!(fed.status, 403, "{}", fed.body);
+    assert!(fed.body.contains("trust domain"), "{}", fed.body);
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permissive_accepts_plaintext_and_mtls_on_one_port() {
+    let dir = TempDir::new("inbound-perm");
+    let ca = TestCa::new("example.org");
+    let (c, k, b) = write_static(dir.path(), &ca.issue_svid(AGENT), &ca);
+    let up = Upstream::start().await;
+    let config = format!(
+        "identity:\n  source: static\n  cert_file: {}\n  key_file: {}\n  bundle_file: {}\ninbound:\n  listen: \"{{IN}}\"\n  upstream: \"{}\"\n  mtls: permissive\noutbound:\n  listen: \"{{OUT}}\"\nadmin:\n  listen: \"{{ADMIN}}\"\n",
+        c.display(),
+        k.display(),
+        b.display(),
+        up.addr
+    );
+    let proxy = Proxy::start(&config, dir).await;
+    let plain = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{}/plain", proxy.inbound))
+        .header("x-authbridge-peer-id", "spiffe://example.org/forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 200);
+    let j: serde_json::Value = plain.json().await.unwrap();
+    assert_eq!(j["path"], "/plain");
+    assert!(
+        j["identity"].as_object().unwrap().is_empty(),
+        "forged header passed: {j}"
+    );
+    let caller = identity(&ca.issue_svid(CALLER), &[&ca]);
+    let mut m = MtlsClient::connect(proxy.inbound, Some(caller.clone()), caller)
+        .await
+        .unwrap();
+    let a = m.get("/tls", &[]).await.unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["identity"]["x-authbridge-peer-id"], CALLER);
+}
