@@ -354,3 +354,54 @@ async fn permissive_accepts_plaintext_and_mtls_on_one_port() {
     assert_eq!(a.status, 200);
     assert_eq!(a.json()["identity"]["x-authbridge-peer-id"], CALLER);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_mtls_origination_between_two_authbridges() {
+    let ca = TestCa::new("example.org");
+    let up = Upstream::start().await;
+    const TOOL: &str = "spiffe://example.org/ns/tools/sa/tool";
+    // The tool's AuthBridge: strict mTLS in front of the tool app.
+    let tdir = TempDir::new("orig-tool");
+    let (c, k, b) = write_static(tdir.path(), &ca.issue_svid(TOOL), &ca);
+    let tool_cfg = format!(
+        "identity:\n  source: static\n  cert_file: {}\n  key_file: {}\n  bundle_file: {}\ninbound:\n  listen: \"{{IN}}\"\n  upstream: \"{}\"\n  mtls: strict\n  allowed_peers: [\"{AGENT}\"]\noutbound:\n  listen: \"{{OUT}}\"\nadmin:\n  listen: \"{{ADMIN}}\"\n",
+        c.display(),
+        k.display(),
+        b.display(),
+        up.addr
+    );
+    let tool = Proxy::start(&tool_cfg, tdir).await;
+    // The agent's AuthBridge: routes that originate mTLS towards the tool's inbound.
+    let adir = TempDir::new("orig-agent");
+    let (c, k, b) = write_static(adir.path(), &ca.issue_svid(AGENT), &ca);
+    let agent_cfg = format!(
+        "identity:\n  source: static\n  cert_file: {}\n  key_file: {}\n  bundle_file: {}\noutbound:\n  listen: \"{{OUT}}\"\n  routes:\n    - host: localhost\n      action: passthrough\n      mtls: true\n      mtls_peer: \"{TOOL}\"\n    - host: \"127.0.0.1\"\n      action: passthrough\n      mtls: true\n      mtls_peer: spiffe://example.org/ns/tools/sa/impostor\nadmin:\n  listen: \"{{ADMIN}}\"\n",
+        c.display(),
+        k.display(),
+        b.display(),
+    );
+    let agent = Proxy::start(&agent_cfg, adir).await;
+    let client = agent.client();
+    // The agent speaks plain HTTP; its AuthBridge speaks mTLS to the tool's strict port.
+    let r = client
+        .get(format!("http://localhost:{}/call", tool.inbound.port()))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let j: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{j}\n{}\n{}", agent.logs(), tool.logs());
+    assert_eq!(j["path"], "/call");
+    assert_eq!(j["identity"]["x-authbridge-peer-id"], AGENT);
+    // A route expecting another peer ID refuses the tool's SVID: 502, nothing reaches the tool.
+    let hits = up.hits();
+    let r = client
+        .get(format!("http://127.0.0.1:{}/call", tool.inbound.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("mTLS handshake failed"), "{body}");
+    assert_eq!(up.hits(), hits);
+}

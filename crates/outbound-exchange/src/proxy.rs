@@ -10,7 +10,7 @@
 
 use crate::cache::{CacheConfig, CacheKey, TokenCache};
 use crate::glob::normalize_host;
-use crate::routes::{Action, Route, RouteTable};
+use crate::routes::{Action, MtlsTarget, Route, RouteTable};
 use crate::sts::{ExchangeError, ExchangeRequest, StsClient};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -24,6 +24,7 @@ use proxy_core::metrics::Metrics;
 use proxy_core::sniff::{sniff, Sniffed};
 use proxy_core::upstream;
 use proxy_core::OriginalDst;
+use spiffe_source::tls::{ExpectedPeer, IdentityRx};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -78,6 +79,8 @@ pub struct Outbound {
     metrics: Arc<Metrics>,
     /// Our own listening address (set by [`Outbound::serve`]), for loop detection.
     local: std::sync::OnceLock<SocketAddr>,
+    /// Our X.509 identity, for routes that originate mTLS.
+    identity: std::sync::OnceLock<IdentityRx>,
 }
 
 #[derive(Debug, Clone)]
@@ -108,7 +111,7 @@ impl std::fmt::Display for Dest {
 /// Per downstream connection.
 struct ConnCtx {
     mode: Mode,
-    upstreams: forward::Upstreams<Dest>,
+    upstreams: forward::Upstreams<(Dest, Option<MtlsTarget>)>,
 }
 
 type BoxFut = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -129,10 +132,16 @@ impl Outbound {
             settings,
             metrics,
             local: std::sync::OnceLock::new(),
+            identity: std::sync::OnceLock::new(),
         })
     }
 
     /// Accepts connections until drain starts; open connections finish their requests.
+    /// Gives the proxy our live X.509 identity, used by routes with `mtls: true`.
+    pub fn set_identity(&self, identity: IdentityRx) {
+        let _ = self.identity.set(identity);
+    }
+
     pub async fn serve(self: Arc<Self>, listener: TcpListener, drain: drain::Watch) {
         if let Ok(a) = listener.local_addr() {
             let _ = self.local.set(a);
@@ -435,7 +444,8 @@ impl Outbound {
                 }
             },
         }
-        let resp = self.forward(req, dest, authority, &ctx).await;
+        let mtls = decision.route.and_then(|r| r.mtls.clone());
+        let resp = self.forward(req, dest, mtls, authority, &ctx).await;
         self.metrics
             .outbound(
                 action.as_str(),
@@ -613,17 +623,24 @@ impl Outbound {
         &self,
         req: Request<Incoming>,
         dest: Dest,
+        mtls: Option<MtlsTarget>,
         authority: Option<String>,
         ctx: &ConnCtx,
     ) -> Response<Body> {
         let authority = authority.unwrap_or_else(|| dest.to_string());
+        let key = (dest.clone(), mtls.clone());
+        let (dest_ref, mtls_ref) = (&dest, &mtls);
         let send = |req, h2, upgrade| {
             ctx.upstreams
-                .send(dest.clone(), h2, upgrade, req, || async {
-                    self.connect(&dest)
-                        .await
-                        .map(|s| Box::new(s) as forward::BoxIo)
-                        .map_err(|e| e.to_string())
+                .send(key, h2, upgrade, req, move || async move {
+                    let tcp = self.connect(dest_ref).await.map_err(|e| e.to_string())?;
+                    match mtls_ref {
+                        None => Ok(Box::new(tcp) as forward::BoxIo),
+                        Some(target) => self
+                            .originate_mtls(tcp, dest_ref, target, h2)
+                            .await
+                            .map(|s| Box::new(s) as forward::BoxIo),
+                    }
                 })
         };
         match forward::forward(req, &authority, send).await {
@@ -642,6 +659,36 @@ impl Outbound {
                 )
             }
         }
+    }
+}
+
+impl Outbound {
+    /// Wraps `tcp` in TLS presenting our SVID and verifying the destination's.
+    async fn originate_mtls(
+        &self,
+        tcp: TcpStream,
+        dest: &Dest,
+        target: &MtlsTarget,
+        h2: bool,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+        let Some(identity) = self.identity.get().filter(|i| i.borrow().is_some()) else {
+            return Err("mTLS origination needs our X.509-SVID, which is not loaded".into());
+        };
+        let expected = match &target.peer {
+            Some(id) => ExpectedPeer::Exact(id.clone()),
+            None => ExpectedPeer::Any,
+        };
+        let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+        let cfg = spiffe_source::tls::client_config(identity.clone(), expected, alpn);
+        let name = match dest {
+            Dest::Addr(a) => rustls::pki_types::ServerName::IpAddress(a.ip().into()),
+            Dest::Name(h, _) => rustls::pki_types::ServerName::try_from(h.clone())
+                .map_err(|_| format!("{h} is not a valid TLS server name"))?,
+        };
+        tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("mTLS handshake failed: {e}"))
     }
 }
 

@@ -74,6 +74,14 @@ pub struct RouteSpec {
     /// kagenti Gen 2 spelling: exchange | passthrough | deny.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    /// AuthBridge extension: originate mTLS to the destination (another AuthBridge's inbound),
+    /// presenting our X.509-SVID and verifying the peer's against our bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<bool>,
+    /// With `mtls: true`: the SPIFFE ID the destination must present (default: any SVID of a
+    /// trust domain we hold a bundle for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls_peer: Option<String>,
 }
 
 /// A compiled route.
@@ -85,8 +93,17 @@ pub struct Route {
     /// Space-separated scopes, or `None`.
     pub scopes: Option<String>,
     pub token_url: Option<String>,
+    /// Originate mTLS to the destination (`mtls: true`), expecting this peer if given.
+    pub mtls: Option<MtlsTarget>,
     /// Where it came from, for messages: `routes.yaml route 3` / `config.yaml outbound.routes[0]`.
     pub origin: String,
+}
+
+/// A route's mTLS origination settings.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MtlsTarget {
+    /// The SPIFFE ID the destination must present; `None` = any SVID we can verify.
+    pub peer: Option<spiffe_source::SpiffeId>,
 }
 
 /// A routes problem, naming the file and the route.
@@ -158,7 +175,25 @@ impl RouteSpec {
                 return Err(err("target_audience: must not be empty".into()));
             }
         }
+        let mtls = match (self.mtls, &self.mtls_peer) {
+            (Some(true), peer) => Some(MtlsTarget {
+                peer: match peer {
+                    Some(p) => Some(
+                        spiffe_source::SpiffeId::parse(p)
+                            .map_err(|m| err(format!("mtls_peer: {m}")))?,
+                    ),
+                    None => None,
+                },
+            }),
+            (_, Some(_)) => {
+                return Err(err(
+                    "mtls_peer: only meaningful together with mtls: true".into()
+                ))
+            }
+            _ => None,
+        };
         Ok(Route {
+            mtls,
             pattern,
             action,
             audience: self.target_audience.clone(),
