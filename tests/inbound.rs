@@ -405,3 +405,155 @@ async fn outbound_mtls_origination_between_two_authbridges() {
     assert!(body.contains("mTLS handshake failed"), "{body}");
     assert_eq!(up.hits(), hits);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_time_out_and_h2_websocket_and_streaming_pass() {
+    let dir = TempDir::new("inbound-slow");
+    let ca = TestCa::new("example.org");
+    let (c, k, b) = write_static(dir.path(), &ca.issue_svid(AGENT), &ca);
+    let up = Upstream::start().await;
+    let config = format!(
+        "identity:\n  source: static\n  cert_file: {}\n  key_file: {}\n  bundle_file: {}\ninbound:\n  listen: \"{{IN}}\"\n  upstream: \"{}\"\n  mtls: permissive\n  request_header_timeout: 1s\noutbound:\n  listen: \"{{OUT}}\"\nadmin:\n  listen: \"{{ADMIN}}\"\n",
+        c.display(),
+        k.display(),
+        b.display(),
+        up.addr
+    );
+    let proxy = Proxy::start(&config, dir).await;
+    // Slowloris: half a request head, then silence. The connection is closed after ~1 s.
+    let started = std::time::Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(proxy.inbound).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: a\r\nx-slow: ")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(8), tcp.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "slow request head not timed out");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        !String::from_utf8_lossy(&buf).contains(" 200 "),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    // A TLS client that never finishes its handshake is dropped too.
+    let started = std::time::Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(proxy.inbound).await.unwrap();
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x00, 0x40, 0x01])
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(8), tcp.read_to_end(&mut Vec::new())).await;
+    assert!(
+        r.is_ok() && started.elapsed() < Duration::from_secs(5),
+        "stalled TLS handshake not timed out"
+    );
+
+    // Oversized head: 431.
+    let mut tcp = tokio::net::TcpStream::connect(proxy.inbound).await.unwrap();
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: a\r\nx-big: {}\r\n\r\n",
+        "x".repeat(40 * 1024)
+    );
+    let _ = tcp.write_all(big.as_bytes()).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
+    assert!(
+        String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 431"),
+        "{:.80}",
+        String::from_utf8_lossy(&buf)
+    );
+
+    // h2c (prior knowledge) through the inbound side.
+    let tcp = tokio::net::TcpStream::connect(proxy.inbound).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(format!("http://{}/h2", proxy.inbound))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    use http_body_util::BodyExt;
+    let j: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(j["version"], "HTTP/2.0", "{j}");
+
+    // SSE: events arrive as they are produced, not at the end.
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut r = plain
+        .get(format!("http://{}/sse", proxy.inbound))
+        .send()
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("data:"));
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "first event was buffered"
+    );
+
+    // WebSocket upgrade: 101 and bytes echoed both ways.
+    let mut tcp = tokio::net::TcpStream::connect(proxy.inbound).await.unwrap();
+    tcp.write_all(b"GET /ws HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    let mut head = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tcp.write_all(b"hello-ws").await.unwrap();
+    let mut echo = [0u8; 8];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo, b"hello-ws");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_until_the_jwks_is_fetched() {
+    let dir = TempDir::new("inbound-jwks-ready");
+    let ca = TestCa::new("example.org");
+    let (c, k, b) = write_static(dir.path(), &ca.issue_svid(AGENT), &ca);
+    let dead = format!("127.0.0.1:{}", authbridge_e2e::free_port());
+    let config = format!(
+        "identity:\n  source: static\n  cert_file: {}\n  key_file: {}\n  bundle_file: {}\ninbound:\n  listen: \"{{IN}}\"\n  upstream: 127.0.0.1:9\n  jwt:\n    issuer: http://{dead}\n    jwks_uri: http://{dead}/jwks\noutbound:\n  listen: \"{{OUT}}\"\nadmin:\n  listen: \"{{ADMIN}}\"\n",
+        c.display(),
+        k.display(),
+        b.display(),
+    );
+    let proxy = Proxy::spawn(&config, dir, &[], &[]);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut answered = false;
+    for _ in 0..50 {
+        if let Ok(r) = client
+            .get(format!("http://{}/readyz", proxy.admin))
+            .send()
+            .await
+        {
+            assert_eq!(r.status(), 503);
+            assert!(r.text().await.unwrap().contains("jwks"));
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "{}", proxy.logs());
+    // Fail closed meanwhile: no key can validate a token, so the request is refused with 503
+    // (retry later) rather than reaching the agent.
+    let r = client
+        .get(format!("http://{}/x", proxy.inbound))
+        .bearer_auth("eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJhIn0.c2ln")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("\"error\""), "{body}");
+}

@@ -72,6 +72,9 @@ pub struct InboundConfig {
     pub allowed_peers: Vec<String>,
     pub allowed_trust_domains: Vec<String>,
     pub jwt: Option<JwtConfig>,
+    /// AuthBridge extension: how long a client may take to send a request head (and, on TLS,
+    /// to finish the handshake) before the connection is closed (slowloris guard).
+    pub request_header_timeout: String,
 }
 
 impl Default for InboundConfig {
@@ -83,6 +86,7 @@ impl Default for InboundConfig {
             allowed_peers: Vec::new(),
             allowed_trust_domains: Vec::new(),
             jwt: None,
+            request_header_timeout: "10s".into(),
         }
     }
 }
@@ -270,6 +274,7 @@ pub struct Effective {
     pub admin_listen: SocketAddr,
     pub allowed_peers: Vec<spiffe_source::IdPattern>,
     pub workload_api_endpoint: String,
+    pub inbound_header_timeout: Duration,
     pub exchange_timeout: Duration,
     pub drain_grace: Duration,
     pub routes_file: Option<PathBuf>,
@@ -336,6 +341,11 @@ impl Config {
             &self.drain_grace
         };
         let drain_grace = dur("drain_grace", grace, &mut errors);
+        let inbound_header_timeout = dur(
+            "inbound.request_header_timeout",
+            &self.inbound.request_header_timeout,
+            &mut errors,
+        );
         if self.inbound.upstream != "original-dst"
             && self.inbound.upstream.parse::<SocketAddr>().is_err()
             && !self.inbound.upstream.contains(':')
@@ -438,6 +448,7 @@ impl Config {
             admin_listen,
             allowed_peers,
             workload_api_endpoint,
+            inbound_header_timeout,
             exchange_timeout,
             drain_grace,
             routes_file,

@@ -303,8 +303,16 @@ async fn serve(
                 MtlsMode::Permissive => Mtls::Permissive,
                 MtlsMode::Disabled => Mtls::Disabled,
             },
-            allowed_trust_domains: cfg.inbound.allowed_trust_domains.clone(),
+            // Empty = our own trust domain: identity.trust_domain when set, else our SVID's.
+            allowed_trust_domains: if cfg.inbound.allowed_trust_domains.is_empty()
+                && !cfg.identity.trust_domain.is_empty()
+            {
+                vec![cfg.identity.trust_domain.clone()]
+            } else {
+                cfg.inbound.allowed_trust_domains.clone()
+            },
             allowed_peers: eff.allowed_peers.clone(),
+            header_read_timeout: eff.inbound_header_timeout,
             ..Default::default()
         },
         identity.x509.clone(),
