@@ -461,6 +461,7 @@ pub(crate) fn inbound_authorizer(
     if !j.audiences.is_empty() {
         build(j.audiences.clone(), readiness)?;
     } else {
+        // Our SPIFFE ID (the default audience) is needed before the JWKS check can start.
         let pending = readiness.pending("jwks");
         let mut rx = identity.x509.clone();
         let readiness = readiness.clone();
