@@ -9,6 +9,7 @@ use std::path::Path;
 /// every child started through [`run_env`] so the caller's environment cannot leak in.
 const CLEARED_ENV: &[&str] = &[
     "RUST_LOG",
+    "SPIFFE_ENDPOINT_SOCKET",
     "PROXY_PORT",
     "INBOUND_PROXY_PORT",
     "PROXY_UID",
@@ -1298,4 +1299,95 @@ fn check_does_not_expand_variables_in_comments() {
         code, 0,
         "a variable named only in a comment is not expanded:\n{out}{err}"
     );
+}
+
+#[test]
+fn check_rejects_bad_identity_and_inbound_settings() {
+    let dir = TempDir::new("cli-check-inbound");
+    for (text, key, value) in [
+        (
+            "inbound:\n  allowed_peers: [\"example.org/ns/*\"]\n",
+            "inbound.allowed_peers[0]",
+            "example.org/ns/*",
+        ),
+        (
+            "inbound:\n  allowed_trust_domains: [\"spiffe://example.org\"]\n",
+            "inbound.allowed_trust_domains[0]",
+            "spiffe://example.org",
+        ),
+        (
+            "inbound:\n  mtls: strict\n",
+            "inbound.mtls",
+            "identity",
+        ),
+        (
+            "identity:\n  source: workload-api\n  workload_api_socket: \"http://agent.sock\"\n",
+            "identity.workload_api_socket",
+            "http://agent.sock",
+        ),
+        (
+            "inbound:\n  request_header_timeout: forever\n",
+            "inbound.request_header_timeout",
+            "forever",
+        ),
+        (
+            "inbound:\n  jwt:\n    issuer: https://i\n    jwks_uri: https://i/jwks\n",
+            "inbound.jwt.audiences",
+            "no identity",
+        ),
+        (
+            "outbound:\n  routes:\n    - host: tool\n      action: passthrough\n      mtls_peer: spiffe://example.org/tool\n",
+            "mtls_peer",
+            "mtls: true",
+        ),
+        (
+            "outbound:\n  routes:\n    - host: tool\n      action: passthrough\n      mtls: true\n      mtls_peer: not-an-id\n",
+            "mtls_peer",
+            "not-an-id",
+        ),
+        (
+            "outbound:\n  routes:\n    - host: tool\n      action: passthrough\n      mtls: true\n",
+            "mtls: true",
+            "identity.source",
+        ),
+    ] {
+        let cfg = dir.write("config.yaml", text);
+        let (code, out, err) = check(&cfg);
+        assert_eq!(code, 2, "{text:?}: {out}{err}");
+        assert!(err.contains(key), "{text:?}: error names {key}: {err}");
+        assert!(err.contains(value), "{text:?}: error mentions {value}: {err}");
+        assert!(err.contains(&p(&cfg)), "{text:?}: error names the file: {err}");
+    }
+    // workload-api without any socket (config or SPIFFE_ENDPOINT_SOCKET).
+    let cfg = dir.write("config.yaml", "identity:\n  source: workload-api\n");
+    let (code, out, err) = run_env(&["check", "--config", &p(&cfg)], &[]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("SPIFFE_ENDPOINT_SOCKET"), "{err}");
+    let (code, out, err) = run_env(
+        &["check", "--config", &p(&cfg)],
+        &[("SPIFFE_ENDPOINT_SOCKET", "unix:///run/spire/agent.sock")],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn run_refuses_static_identity_files_that_are_not_an_svid() {
+    let dir = TempDir::new("cli-run-static");
+    let cert = dir.write(
+        "cert.pem",
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all\n",
+    );
+    let key = dir.write("key.pem", "garbage");
+    let cfg = dir.write(
+        "config.yaml",
+        &format!(
+            "identity:\n  source: static\n  cert_file: {}\n  key_file: {}\ninbound:\n  listen: 127.0.0.1:0\noutbound:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n",
+            yaml_sq(&p(&cert)),
+            yaml_sq(&p(&key))
+        ),
+    );
+    let (code, out, err) = run_env(&["run", "--config", &p(&cfg)], &[]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains(&p(&cert)), "names the file: {err}");
+    assert!(err.contains("identity"), "{err}");
 }

@@ -460,6 +460,14 @@ impl Config {
     /// Checks what exchange routes need (`token_url`, client auth, an identity) against the
     /// routes in effect. Only called when some route (or the default policy) exchanges.
     pub fn validate_exchange(&self, file: &str, table: &RouteTable) -> Result<(), ConfigError> {
+        if self.identity.source == IdentitySource::None {
+            if let Some(r) = table.routes.iter().find(|r| r.mtls.is_some()) {
+                return Err(ConfigError(format!(
+                    "{file}: identity.source: {} has mtls: true, which needs our X.509-SVID (identity.source: workload-api, files or static), got none",
+                    r.origin
+                )));
+            }
+        }
         if !table.needs_exchange() {
             return Ok(());
         }

@@ -59,14 +59,6 @@ pub fn run(path: &Path, log_format: LogFormat) -> ExitCode {
     if let Err(e) = cfg.validate_exchange(&name, &table) {
         return config_error(e);
     }
-    if cfg.identity.source == IdentitySource::None {
-        if let Some(r) = table.routes.iter().find(|r| r.mtls.is_some()) {
-            return config_error(format!(
-                "{name}: identity.source: {} has mtls: true, which needs our X.509-SVID (identity.source: workload-api, files or static), got none",
-                r.origin
-            ));
-        }
-    }
     init_tracing(log_format);
     let rt = match runtime() {
         Ok(rt) => rt,
