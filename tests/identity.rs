@@ -228,3 +228,56 @@ async fn token_exchange_uses_the_jwt_svid_the_workload_api_issued_for_the_audien
         "{aud}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_svid_keeps_serving_while_the_agent_is_away_and_rotation_resumes() {
+    let dir = TempDir::new("wl-away");
+    let ca = TestCa::new("example.org");
+    let first = ca.issue_svid(AGENT);
+    let fake = FakeWorkloadApi::start(
+        &dir.path().join("agent.sock"),
+        first.clone(),
+        vec![ca.bundle()],
+    )
+    .await
+    .unwrap();
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(&inbound_config(&fake.endpoint(), &up), dir).await;
+    let caller = identity(&ca.issue_svid(CALLER), &[&ca]);
+    fake.set_unavailable(true);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The agent is gone: handshakes keep using the last SVID, and the pod stays ready.
+    let mut c = MtlsClient::connect(proxy.inbound, Some(caller.clone()), caller.clone())
+        .await
+        .unwrap();
+    assert_eq!(c.server_leaf, first.leaf_der());
+    assert_eq!(c.get("/", &[]).await.unwrap().status, 200);
+    let ready = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{}/readyz", proxy.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    // It comes back with a new SVID: the source reconnects and new handshakes use it.
+    let second = ca.issue_svid(AGENT);
+    fake.set_unavailable(false);
+    fake.push_x509(second.clone(), vec![ca.bundle()]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let c = MtlsClient::connect(proxy.inbound, Some(caller.clone()), caller.clone())
+            .await
+            .unwrap();
+        if c.server_leaf == second.leaf_der() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reconnect to the Workload API:\n{}",
+            proxy.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
