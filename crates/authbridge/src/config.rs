@@ -367,6 +367,18 @@ impl Config {
                 errors.push(format!("{file}: inbound.allowed_trust_domains[{i}]: {td:?} is not a trust domain name (e.g. example.org, without spiffe://)"));
             }
         }
+        if !self.identity.trust_domain.is_empty()
+            && spiffe_source::SpiffeId::parse(&format!("spiffe://{}", self.identity.trust_domain))
+                .is_err()
+        {
+            errors.push(format!(
+                "{file}: identity.trust_domain: {:?} is not a trust domain name (e.g. example.org, without spiffe://)",
+                self.identity.trust_domain
+            ));
+        }
+        if self.inbound.mtls == MtlsMode::Disabled && !self.inbound.allowed_peers.is_empty() {
+            warnings.push("inbound.allowed_peers is set but inbound.mtls is disabled: no caller can present a SPIFFE ID, so every inbound request gets 403".into());
+        }
         if self.inbound.mtls == MtlsMode::Strict && self.identity.source == IdentitySource::None {
             errors.push(format!("{file}: inbound.mtls: strict needs an identity (identity.source: workload-api, files or static), got none"));
         }
@@ -386,10 +398,8 @@ impl Config {
             if jwt.audiences.is_empty() && self.identity.source == IdentitySource::None {
                 errors.push(format!("{file}: inbound.jwt.audiences: required when there is no identity (the default is our own SPIFFE ID)"));
             }
-            for (i, p) in jwt.bypass_paths.iter().enumerate() {
-                if let Err(m) = inbound_jwt::BypassPaths::new(std::slice::from_ref(p)) {
-                    errors.push(format!("{file}: inbound.jwt.bypass_paths[{i}]: {m}"));
-                }
+            if let Err(m) = inbound_jwt::BypassPaths::new(&jwt.bypass_paths) {
+                errors.push(format!("{file}: inbound.jwt.{m}"));
             }
             if jwt.issuer.is_empty() {
                 errors.push(format!(

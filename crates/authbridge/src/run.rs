@@ -210,6 +210,7 @@ async fn serve(
             eff.inline_routes.clone(),
             cfg.outbound.default_policy,
             needs_sts,
+            cfg.identity.source != IdentitySource::None,
             routes_tx,
             metrics.clone(),
         ));
@@ -373,6 +374,7 @@ async fn reload_routes(
     inline: Vec<Route>,
     default_policy: outbound_exchange::Action,
     have_sts: bool,
+    have_identity: bool,
     tx: watch::Sender<Arc<RouteTable>>,
     metrics: Arc<Metrics>,
 ) {
@@ -399,6 +401,8 @@ async fn reload_routes(
             let table = build_table(routes, &inline, default_policy);
             if table.needs_exchange() && !have_sts {
                 Err(format!("{name}: the new routes exchange tokens, but no token exchange client is configured (outbound.client_auth / identity)"))
+            } else if let Some(r) = table.routes.iter().find(|r| r.mtls.is_some() && !have_identity) {
+                Err(format!("{}: mtls: true needs our X.509-SVID, but identity.source is none", r.origin))
             } else {
                 Ok(table)
             }
@@ -446,7 +450,11 @@ pub(crate) fn inbound_authorizer(
             let jwks = inbound_jwt::Jwks::start(&jc, metrics.clone(), readiness)
                 .map_err(|e| format!("jwks_uri: {e}"))?;
             let validator = Arc::new(inbound_jwt::Validator::new(jc, jwks));
-            let _ = cell.set(inbound_jwt::JwtAuth::new(validator, bypass, &metrics));
+            let _ = cell.set(inbound_jwt::JwtAuth::new(
+                validator,
+                bypass.clone(),
+                &metrics,
+            ));
             Ok(())
         }
     };
@@ -470,10 +478,21 @@ pub(crate) fn inbound_authorizer(
             drop(pending);
         });
     }
-    Ok(Arc::new(JwtAuthorizer(cell)))
+    let not_ready = metrics.clone();
+    Ok(Arc::new(JwtAuthorizer {
+        auth: cell,
+        bypass: inbound_jwt::BypassPaths::new(&j.bypass_paths)
+            .map_err(|e| format!("bypass_paths: {e}"))?,
+        not_ready,
+    }))
 }
 
-struct JwtAuthorizer(Arc<std::sync::OnceLock<inbound_jwt::JwtAuth>>);
+struct JwtAuthorizer {
+    auth: Arc<std::sync::OnceLock<inbound_jwt::JwtAuth>>,
+    /// Used only until `auth` exists, so health checks on bypass paths work meanwhile.
+    bypass: inbound_jwt::BypassPaths,
+    not_ready: Arc<Metrics>,
+}
 
 impl proxy_core::inbound::Authorizer for JwtAuthorizer {
     fn authorize<'a>(
@@ -482,13 +501,18 @@ impl proxy_core::inbound::Authorizer for JwtAuthorizer {
         path: &'a str,
     ) -> proxy_core::inbound::AuthFuture<'a> {
         Box::pin(async move {
-            match self.0.get() {
+            match self.auth.get() {
                 Some(auth) => auth.authorize(headers, path).await.map(|_| ()),
-                None => Err(proxy_core::http::json_error(
-                    http::StatusCode::SERVICE_UNAVAILABLE,
-                    "not_ready",
-                    "the identity that inbound tokens must be addressed to is not loaded yet",
-                )),
+                // Caller copies of the identity headers were removed by the listener.
+                None if self.bypass.matches(path) => Ok(()),
+                None => Err({
+                    self.not_ready.inbound("deny", "not_ready").inc();
+                    proxy_core::http::json_error(
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        "not_ready",
+                        "the identity that inbound tokens must be addressed to is not loaded yet",
+                    )
+                }),
             }
         })
     }

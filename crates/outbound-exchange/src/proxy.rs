@@ -643,7 +643,7 @@ impl Outbound {
                     }
                 })
         };
-        match forward::forward(req, &authority, send).await {
+        match forward::forward(req, &authority, None, send).await {
             Ok(r) => r,
             Err(ForwardError::BadTarget) => json_error(
                 StatusCode::BAD_REQUEST,

@@ -130,13 +130,15 @@ pub fn describe_hyper(e: &hyper::Error) -> String {
     }
 }
 
-/// Forwards `req` with `authority` as its target authority: HTTP/2 downstream requests go on
-/// as HTTP/2 (absolute URI), HTTP/1.x as HTTP/1.1 (origin-form, `Host` kept or set).
+/// Forwards `req` with `authority` as its target authority. With `upstream_h2: None`, HTTP/2
+/// downstream requests go on as HTTP/2 (absolute URI) and HTTP/1.x as HTTP/1.1; `Some(v)`
+/// forces the upstream protocol. HTTP/1.1 requests are origin-form with `Host` kept or set.
 /// `send(request, h2, upgrade)` delivers it. A `101 Switching Protocols` answer splices the
 /// two upgraded connections.
 pub async fn forward<F, Fut>(
     mut req: Request<Incoming>,
     authority: &str,
+    upstream_h2: Option<bool>,
     send: F,
 ) -> Result<Response<Body>, ForwardError>
 where
@@ -145,7 +147,7 @@ where
 {
     let upgrade = wants_upgrade(req.headers());
     let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let h2 = req.version() == Version::HTTP_2;
+    let h2 = upstream_h2.unwrap_or(req.version() == Version::HTTP_2);
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
     let pq = parts

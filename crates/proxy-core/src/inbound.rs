@@ -351,7 +351,9 @@ impl Inbound {
                     connect(dest, timeout).await
                 })
         };
-        match forward::forward(req, &authority, send).await {
+        // The agent gets HTTP/1.1 whatever the caller spoke (as Envoy does by default): agent
+        // frameworks rarely accept h2c.
+        match forward::forward(req, &authority, Some(false), send).await {
             Ok(r) => r,
             Err(ForwardError::BadTarget) => json_error(
                 StatusCode::BAD_REQUEST,

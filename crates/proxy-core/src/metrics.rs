@@ -79,7 +79,7 @@ impl Metrics {
         );
         registry.register(
             "outbound_tls_refused",
-            "TLS connections to exchange routes refused (tokens inside TLS cannot be rewritten)",
+            "TLS connections refused: outbound TLS to exchange routes (tokens inside TLS cannot be rewritten) and inbound mTLS handshakes that failed verification",
             tls_refused.clone(),
         );
         Self {
