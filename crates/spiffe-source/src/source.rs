@@ -191,6 +191,9 @@ pub(crate) fn expire_if_needed(tx: &watch::Sender<Option<Arc<X509Identity>>>, on
     }
 }
 
+/// The bytes of `svid.pem`, `svid_key.pem` and (if present) `svid_bundle.pem`.
+type PemSet = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+
 async fn watch_files(
     dir: PathBuf,
     tx: watch::Sender<Option<Arc<X509Identity>>>,
@@ -202,7 +205,7 @@ async fn watch_files(
     // The bytes last tried, so a bad set is reported once, and retried when any file changes.
     let mut last_tried: Option<[u8; 32]> = None;
     loop {
-        let read_all = || -> std::io::Result<(Vec<u8>, Vec<u8>, Option<Vec<u8>>)> {
+        let read_all = || -> std::io::Result<PemSet> {
             let c = std::fs::read(&cert)?;
             let k = std::fs::read(&key)?;
             let b = match std::fs::read(&bundle) {
