@@ -281,3 +281,88 @@ async fn the_last_svid_keeps_serving_while_the_agent_is_away_and_rotation_resume
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_source_rotation_by_rename_and_data_swap_reaches_new_handshakes() {
+    let dir = TempDir::new("files-rotate");
+    let ca = TestCa::new("example.org");
+    let svid_dir = dir.path().join("svid");
+    std::fs::create_dir_all(&svid_dir).unwrap();
+    // Kubernetes layout: files are symlinks into ..data, which points at a timestamped dir.
+    let publish = |gen: &str, svid: &fake_workload_api::Svid| {
+        let g = svid_dir.join(gen);
+        std::fs::create_dir_all(&g).unwrap();
+        std::fs::write(g.join("svid.pem"), svid.chain_pem()).unwrap();
+        std::fs::write(g.join("svid_key.pem"), svid.key_pem()).unwrap();
+        std::fs::write(g.join("svid_bundle.pem"), ca.cert_pem()).unwrap();
+        let tmp = svid_dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(gen, &tmp).unwrap();
+        std::fs::rename(&tmp, svid_dir.join("..data")).unwrap();
+    };
+    let first = ca.issue_svid(AGENT);
+    publish("..2026_11_29_a", &first);
+    for f in ["svid.pem", "svid_key.pem", "svid_bundle.pem"] {
+        std::os::unix::fs::symlink(format!("..data/{f}"), svid_dir.join(f)).unwrap();
+    }
+    let up = Upstream::start().await;
+    let config = format!(
+        "identity:\n  source: files\n  svid_dir: {}\ninbound:\n  listen: \"{{IN}}\"\n  upstream: \"{}\"\n  mtls: strict\noutbound:\n  listen: \"{{OUT}}\"\nadmin:\n  listen: \"{{ADMIN}}\"\n",
+        svid_dir.display(),
+        up.addr
+    );
+    let proxy = Proxy::start(&config, dir).await;
+    let caller = identity(&ca.issue_svid(CALLER), &[&ca]);
+    let leaf = |c: &MtlsClient| c.server_leaf.clone();
+    let mut open = MtlsClient::connect(proxy.inbound, Some(caller.clone()), caller.clone())
+        .await
+        .unwrap();
+    assert_eq!(leaf(&open), first.leaf_der());
+
+    let wait_for = |want: Vec<u8>| {
+        let caller = caller.clone();
+        let addr = proxy.inbound;
+        async move {
+            let t = Instant::now();
+            loop {
+                let c = MtlsClient::connect(addr, Some(caller.clone()), caller.clone())
+                    .await
+                    .unwrap();
+                if c.server_leaf == want {
+                    return;
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(2),
+                    "rotation not picked up within 2 s"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // ..data symlink swap.
+    let second = ca.issue_svid(AGENT);
+    publish("..2026_11_29_b", &second);
+    wait_for(second.leaf_der().to_vec()).await;
+    // spiffe-helper's rename-over (replace the symlinks by files written then renamed).
+    let third = ca.issue_svid(AGENT);
+    for (name, data) in [
+        ("svid_key.pem", third.key_pem()),
+        ("svid.pem", third.chain_pem()),
+    ] {
+        let tmp = svid_dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, data).unwrap();
+        std::fs::rename(&tmp, svid_dir.join(name)).unwrap();
+    }
+    wait_for(third.leaf_der().to_vec()).await;
+    // A mismatched set (new cert, old key) is refused; the last good identity stays.
+    let fourth = ca.issue_svid(AGENT);
+    std::fs::write(svid_dir.join("svid.pem"), fourth.chain_pem()).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let c = MtlsClient::connect(proxy.inbound, Some(caller.clone()), caller.clone())
+        .await
+        .unwrap();
+    assert_eq!(c.server_leaf, third.leaf_der());
+    assert!(proxy.logs().contains("svid"), "the warning names the file");
+    // The connection from before every rotation still works.
+    assert_eq!(open.get("/", &[]).await.unwrap().status, 200);
+}

@@ -203,6 +203,8 @@ async fn serve(
     };
 
     let needs_sts = sts.is_some();
+    // The JWT-SVID file matters only while some route exchanges tokens.
+    let exchanges = table.needs_exchange();
     let (routes_tx, routes_rx) = watch::channel(Arc::new(table));
     if let Some(path) = eff.routes_file.clone() {
         tokio::spawn(reload_routes(
@@ -215,8 +217,8 @@ async fn serve(
             metrics.clone(),
         ));
     }
-    if let (IdentitySource::Files, ClientAuthKind::JwtSpiffe) =
-        (cfg.identity.source, cfg.outbound.client_auth)
+    if let (IdentitySource::Files, ClientAuthKind::JwtSpiffe, true) =
+        (cfg.identity.source, cfg.outbound.client_auth, exchanges)
     {
         let pending = readiness.pending("identity");
         let path = Path::new(&cfg.identity.svid_dir).join("jwt_svid.token");
