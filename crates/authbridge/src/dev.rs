@@ -1,9 +1,8 @@
 //! `authbridge dev` (contract §8): a zero-setup local gateway. An in-memory dev trust domain
-//! (`spiffe://dev.local`), the embedded dev issuer, the outbound proxy (explicit HTTP proxy) and
-//! the admin server, all on 127.0.0.1, no files read or written unless asked for.
-//!
-//! Inbound (mTLS + JWT validation towards `--app`) is not in this build: `dev` says so on start
-//! and opens no inbound listener.
+//! (`spiffe://dev.local`), the embedded dev issuer, the inbound gateway (JWT validation against
+//! the dev issuer — or `--issuer` — and permissive mTLS with the dev identity, forwarding to
+//! `--app`), the outbound proxy (explicit HTTP proxy) and the admin server, all on 127.0.0.1,
+//! no files read or written unless asked for.
 
 use crate::cli::LogFormat;
 use crate::config::NoTokenPolicy as CfgNoTokenPolicy;
@@ -13,6 +12,7 @@ use outbound_exchange::proxy::{NoTokenPolicy, Outbound, OutboundSettings};
 use outbound_exchange::routes::{parse_routes_yaml, validate_http_url, Action, RouteTable};
 use outbound_exchange::sts::{ClientAuth, StsClient};
 use proxy_core::admin::{self, AdminState};
+use proxy_core::inbound::{Inbound, InboundSettings, InboundUpstream, Mtls};
 use proxy_core::metrics::Metrics;
 use proxy_core::readiness::Readiness;
 use proxy_core::{drain, SoOriginalDst};
@@ -38,24 +38,30 @@ pub const DEFAULT_ROUTES: &str = r#"- host: "localhost"
 "#;
 
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// How long `dev` waits for the issuer's JWKS before printing the banner anyway.
+const READY_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
-    /// Where the (future) inbound gateway sends validated requests: your agent's HOST:PORT.
-    /// Inbound is not active in this build; the value is only checked and printed.
+    /// Where the inbound gateway sends validated requests: your agent's HOST:PORT.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8000")]
     app: String,
     /// A routes.yaml to use instead of the built-in dev routes.
     #[arg(long, value_name = "FILE")]
     routes: Option<PathBuf>,
     /// A config file for outbound policy (routes_file, routes, default_policy, no_token_policy,
-    /// client_id). Listen addresses and identity settings in it are ignored by `dev`.
+    /// client_id) and inbound.jwt (audiences, clock_skew, bypass_paths). Listen addresses,
+    /// identity and the other inbound settings in it are ignored by `dev`.
     #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Use a real issuer for token exchange instead of the embedded one, e.g. a Keycloak realm
-    /// URL http://localhost:8080/realms/dev (token URL = URL/protocol/openid-connect/token).
+    /// Use a real issuer instead of the embedded one, for token exchange and for validating
+    /// inbound tokens (its discovery document's issuer and jwks_uri), e.g. a Keycloak realm URL
+    /// http://localhost:8080/realms/dev (token URL = URL/protocol/openid-connect/token).
     #[arg(long, value_name = "URL")]
     issuer: Option<String>,
+    /// Port of the inbound gateway on 127.0.0.1.
+    #[arg(long, default_value_t = 15124)]
+    inbound_port: u16,
     /// Port of the outbound proxy on 127.0.0.1.
     #[arg(long, default_value_t = 15123)]
     outbound_port: u16,
@@ -132,6 +138,8 @@ struct Policy {
     origin: String,
     no_token: NoTokenPolicy,
     client_id: Option<String>,
+    /// `inbound.jwt` of `--config` (its audiences, clock_skew and bypass_paths apply).
+    inbound_jwt: Option<crate::config::JwtConfig>,
     warnings: Vec<String>,
 }
 
@@ -157,7 +165,7 @@ fn load_policy(args: &DevArgs) -> Result<Policy, String> {
         let name = c.display();
         if cfg.inbound.jwt.is_some() {
             warnings.push(format!(
-                "{name}: inbound.jwt is ignored: inbound validation is not in this build yet"
+                "{name}: inbound.jwt.issuer and jwks_uri are ignored by dev (the embedded issuer or --issuer is used); its audiences, clock_skew and bypass_paths apply"
             ));
         }
         if !cfg.outbound.token_url.is_empty() {
@@ -184,12 +192,25 @@ fn load_policy(args: &DevArgs) -> Result<Policy, String> {
         origin,
         no_token,
         client_id,
+        inbound_jwt: cfg.inbound.jwt.clone(),
         warnings,
     })
 }
 
-/// A real issuer given with `--issuer`: its token URL, after checking it answers.
-async fn probe_issuer(url: &str) -> Result<String, String> {
+/// The issuer tokens are exchanged at and inbound tokens are validated against.
+struct IssuerInfo {
+    token_url: String,
+    /// Audience of the JWT-SVID client assertion.
+    assertion_aud: String,
+    /// The `iss` inbound tokens must carry.
+    issuer: String,
+    jwks_uri: String,
+    external: bool,
+}
+
+/// A real issuer given with `--issuer`: its token URL, `iss` and JWKS from its discovery
+/// document, after checking it answers.
+async fn probe_issuer(url: &str) -> Result<IssuerInfo, String> {
     validate_http_url(url).map_err(|e| format!("--issuer: {e}"))?;
     let http = reqwest::Client::builder()
         .no_proxy()
@@ -213,19 +234,47 @@ async fn probe_issuer(url: &str) -> Result<String, String> {
             resp.status().as_u16()
         ));
     }
-    if url.contains("/realms/") {
-        return Ok(format!("{url}/protocol/openid-connect/token"));
-    }
     let v: serde_json::Value = resp
         .json()
         .await
         .map_err(|_| format!("--issuer: {disco} is not JSON"))?;
-    let t = v
-        .get("token_endpoint")
-        .and_then(|t| t.as_str())
-        .ok_or_else(|| format!("--issuer: {disco} has no token_endpoint"))?;
-    validate_http_url(t).map_err(|e| format!("--issuer: token_endpoint: {e}"))?;
-    Ok(t.to_string())
+    let field = |name: &str| v.get(name).and_then(|t| t.as_str()).map(str::to_string);
+    // Keycloak: the realm's own endpoints, reachable at the URL the developer gave (its
+    // discovery document may name a hostname only the container network resolves).
+    let keycloak = url.contains("/realms/");
+    let (token_url, jwks_uri) = if keycloak {
+        (
+            format!("{url}/protocol/openid-connect/token"),
+            format!("{url}/protocol/openid-connect/certs"),
+        )
+    } else {
+        (
+            field("token_endpoint")
+                .ok_or_else(|| format!("--issuer: {disco} has no token_endpoint"))?,
+            field("jwks_uri").ok_or_else(|| format!("--issuer: {disco} has no jwks_uri"))?,
+        )
+    };
+    validate_http_url(&token_url).map_err(|e| format!("--issuer: token_endpoint: {e}"))?;
+    validate_http_url(&jwks_uri).map_err(|e| format!("--issuer: jwks_uri: {e}"))?;
+    Ok(IssuerInfo {
+        token_url,
+        assertion_aud: url.to_string(),
+        issuer: field("issuer").unwrap_or_else(|| url.to_string()),
+        jwks_uri,
+        external: true,
+    })
+}
+
+/// The inbound JWT check: the issuer's `iss` and JWKS; audiences, clock skew and bypass paths
+/// from `--config`'s `inbound.jwt` when given, else the agent's SPIFFE ID and the defaults.
+fn inbound_jwt(policy: &Policy, info: &IssuerInfo) -> crate::config::JwtConfig {
+    let mut j = policy.inbound_jwt.clone().unwrap_or_default();
+    j.issuer = info.issuer.clone();
+    j.jwks_uri = info.jwks_uri.clone();
+    if j.audiences.is_empty() {
+        j.audiences = vec![AGENT_ID.to_string()];
+    }
+    j
 }
 
 fn describe_route(r: &outbound_exchange::Route) -> String {
@@ -248,6 +297,14 @@ fn no_token_str(p: NoTokenPolicy) -> &'static str {
         NoTokenPolicy::ClientCredentials => "client-credentials",
         NoTokenPolicy::Passthrough => "passthrough (sent on unchanged)",
     }
+}
+
+/// The four listeners, bound before anything is printed.
+struct Listeners {
+    inbound: std::net::TcpListener,
+    outbound: std::net::TcpListener,
+    issuer: std::net::TcpListener,
+    admin: std::net::TcpListener,
 }
 
 pub fn dev(args: DevArgs, log_format: LogFormat) -> ExitCode {
@@ -277,25 +334,42 @@ pub fn dev(args: DevArgs, log_format: LogFormat) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let mut listeners = Vec::new();
+    let mut bound = Vec::new();
     for (name, port, flag) in [
+        ("inbound", args.inbound_port, "--inbound-port"),
         ("outbound", args.outbound_port, "--outbound-port"),
         ("issuer", args.issuer_port, "--issuer-port"),
         ("admin", args.admin_port, "--admin-port"),
     ] {
         match bind(name, port, flag) {
-            Ok(l) => listeners.push(l),
+            Ok(l) => bound.push(l),
             Err(e) => return usage_error(e),
         }
     }
+    let [inbound, outbound, issuer_l, admin]: [std::net::TcpListener; 4] = match bound.try_into() {
+        Ok(a) => a,
+        Err(_) => return ExitCode::from(1),
+    };
+    let listeners = Listeners {
+        inbound,
+        outbound,
+        issuer: issuer_l,
+        admin,
+    };
     let rt = match crate::run::runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let (token_url, assertion_aud) = match &external {
-        None => (issuer.token_url(), issuer_url.clone()),
+    let info = match &external {
+        None => IssuerInfo {
+            token_url: issuer.token_url(),
+            assertion_aud: issuer_url.clone(),
+            issuer: issuer_url.clone(),
+            jwks_uri: format!("{issuer_url}/jwks"),
+            external: false,
+        },
         Some(u) => match rt.block_on(probe_issuer(u)) {
-            Ok(t) => (t, u.clone()),
+            Ok(i) => i,
             Err(e) => return usage_error(e),
         },
     };
@@ -303,7 +377,7 @@ pub fn dev(args: DevArgs, log_format: LogFormat) -> ExitCode {
         policy.client_id.clone(),
         ClientAuth::JwtSpiffe {
             provider: trust.provider(),
-            audience: Some(assertion_aud.clone()),
+            audience: Some(info.assertion_aud.clone()),
         },
         Duration::from_secs(10),
     ) {
@@ -313,6 +387,7 @@ pub fn dev(args: DevArgs, log_format: LogFormat) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let jwt = inbound_jwt(&policy, &info);
     crate::run::init_tracing(log_format);
     for w in &policy.warnings {
         tracing::warn!("{w}");
@@ -320,46 +395,32 @@ pub fn dev(args: DevArgs, log_format: LogFormat) -> ExitCode {
     for w in policy.table.warnings() {
         tracing::warn!("routes: {w}");
     }
-    print_banner(
-        &args,
-        &policy,
-        &trust,
-        &issuer_url,
-        &token_url,
-        &assertion_aud,
-        external.is_some(),
-    );
-
-    let [outbound_l, issuer_l, admin_l]: [std::net::TcpListener; 3] = match listeners.try_into() {
-        Ok(a) => a,
-        Err(_) => return ExitCode::from(1),
-    };
+    let banner = banner(&args, &policy, &trust, &issuer_url, &info, &jwt);
     rt.block_on(serve(
-        outbound_l,
-        issuer_l,
-        admin_l,
-        issuer,
-        sts,
-        policy,
-        token_url,
-        args.app.clone(),
+        listeners, issuer, trust, sts, policy, info, jwt, args.app, banner,
     ))
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn serve(
-    outbound_l: std::net::TcpListener,
-    issuer_l: std::net::TcpListener,
-    admin_l: std::net::TcpListener,
+    listeners: Listeners,
     issuer: Arc<DevIssuer>,
+    trust: Arc<DevTrustDomain>,
     sts: StsClient,
     policy: Policy,
-    token_url: String,
+    info: IssuerInfo,
+    jwt: crate::config::JwtConfig,
     app: String,
+    banner: String,
 ) -> ExitCode {
-    let conv = |l: std::net::TcpListener| tokio::net::TcpListener::from_std(l);
-    let (outbound_l, issuer_l, admin_l) = match (conv(outbound_l), conv(issuer_l), conv(admin_l)) {
-        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+    let conv = tokio::net::TcpListener::from_std;
+    let (inbound_l, outbound_l, issuer_l, admin_l) = match (
+        conv(listeners.inbound),
+        conv(listeners.outbound),
+        conv(listeners.issuer),
+        conv(listeners.admin),
+    ) {
+        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
         _ => {
             eprintln!("error: cannot register the listeners with the runtime");
             return ExitCode::from(1);
@@ -368,14 +429,64 @@ async fn serve(
     let metrics = Arc::new(Metrics::new());
     let readiness = Readiness::new();
     let (drain_trigger, drain_watch) = drain::channel();
+
+    // The agent's X.509-SVID for inbound mTLS; never rotated (it outlives any dev session).
+    let agent_x509 = match trust.agent_x509() {
+        Ok(i) => Arc::new(i),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (_x509_tx, x509_rx) = watch::channel(Some(agent_x509));
+    // `inbound_authorizer` reads the identity only to default the audiences, which `dev`
+    // always sets (the agent's SPIFFE ID), so an empty identity stands in for it.
+    let no_identity =
+        match spiffe_source::source::start(&spiffe_source::SourceSpec::None, Arc::new(|_, _| {})) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        };
+    let authz = match crate::run::inbound_authorizer(&jwt, &no_identity, &metrics, &readiness) {
+        Ok(a) => a,
+        Err(e) => return usage_error(format!("inbound.jwt: {e}")),
+    };
+    let inbound = Inbound::new(
+        InboundSettings {
+            upstream: InboundUpstream::Fixed(app.clone()),
+            mtls: Mtls::Permissive,
+            ..Default::default()
+        },
+        x509_rx,
+        Some(authz),
+        Arc::new(SoOriginalDst),
+        metrics.clone(),
+    );
+
+    let addr =
+        |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let routes_dump: Vec<String> = policy.table.routes.iter().map(describe_route).collect();
     let dump = serde_json::json!({
         "mode": "dev",
         "trust_domain": format!("spiffe://{TRUST_DOMAIN}"),
         "agent_spiffe_id": AGENT_ID,
+        "inbound": {
+            "listen": addr(&inbound_l),
+            "upstream": app,
+            "mtls": "permissive",
+            "jwt": {
+                "issuer": jwt.issuer,
+                "jwks_uri": jwt.jwks_uri,
+                "audiences": jwt.audiences,
+                "clock_skew": jwt.clock_skew,
+                "bypass_paths": jwt.bypass_paths,
+            },
+        },
         "outbound": {
-            "listen": outbound_l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            "token_url": token_url,
+            "listen": addr(&outbound_l),
+            "token_url": info.token_url,
             "client_auth": "jwt-spiffe",
             "default_policy": policy.table.default_policy.as_str(),
             "no_token_policy": no_token_str(policy.no_token),
@@ -383,11 +494,11 @@ async fn serve(
             "routes": routes_dump,
         },
         "issuer": issuer.url(),
-        "inbound": {"active": false, "app": app},
+        "external_issuer": info.external,
     });
     let (_routes_tx, routes_rx) = watch::channel(Arc::new(policy.table));
     let settings = OutboundSettings {
-        token_url: Some(token_url),
+        token_url: Some(info.token_url),
         no_token_policy: policy.no_token,
         ..Default::default()
     };
@@ -399,31 +510,49 @@ async fn serve(
         metrics.clone(),
     );
     let state = AdminState {
-        readiness,
+        readiness: readiness.clone(),
         metrics,
         config_dump: Arc::new(move || dump.clone()),
     };
+    let in_task = tokio::spawn(inbound.serve(inbound_l, drain_watch.clone()));
     let out_task = tokio::spawn(outbound.serve(outbound_l, drain_watch.clone()));
+    let proxies = tokio::spawn(async move {
+        let _ = tokio::join!(in_task, out_task);
+    });
     let issuer_task = tokio::spawn(issuer.serve(issuer_l, drain_watch.clone()));
     let admin_task = tokio::spawn(admin::serve(admin_l, state, drain_watch.clone()));
     drop(drain_watch);
+
+    // The banner invites requests: print it once the JWKS is loaded, so the first pasted
+    // command is validated rather than answered 503.
+    let deadline = tokio::time::Instant::now() + READY_WAIT;
+    while !readiness.is_ready() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !readiness.is_ready() {
+        tracing::warn!(waiting_for = ?readiness.waiting_for(), "not ready yet; inbound requests get 503 until the issuer's JWKS is loaded");
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(banner.as_bytes());
+    let _ = stdout.flush();
+    drop(stdout);
     tracing::info!("authbridge dev ready");
 
-    let code = crate::run::wait_then_drain(drain_trigger, DRAIN_GRACE, out_task).await;
+    let code = crate::run::wait_then_drain(drain_trigger, DRAIN_GRACE, proxies).await;
     issuer_task.abort();
     admin_task.abort();
     code
 }
 
-fn print_banner(
+fn banner(
     args: &DevArgs,
     policy: &Policy,
     trust: &DevTrustDomain,
     issuer_url: &str,
-    token_url: &str,
-    assertion_aud: &str,
-    external: bool,
-) {
+    info: &IssuerInfo,
+    jwt: &crate::config::JwtConfig,
+) -> String {
+    let in_addr = format!("127.0.0.1:{}", args.inbound_port);
     let out_addr = format!("127.0.0.1:{}", args.outbound_port);
     let bar = "=".repeat(78);
     let mut s = String::new();
@@ -433,30 +562,45 @@ fn print_banner(
     };
     line(&bar);
     line("  AUTHBRIDGE DEV -- DEVELOPMENT ONLY -- DO NOT USE IN PRODUCTION");
-    line("  Ephemeral in-memory keys; the dev issuer mints a token for anyone who asks.");
-    line("  INBOUND VALIDATION IS NOT IN THIS BUILD YET: no inbound listener runs and no");
-    line("  inbound request is validated (no mTLS, no JWT check) by this command.");
+    line("  Ephemeral in-memory keys; the dev issuer mints tokens and certificates for anyone");
+    line("  who asks. Listens on 127.0.0.1 only.");
     line(&bar);
+    line(&format!("inbound: {in_addr}"));
     line(&format!("outbound: {out_addr}"));
     line(&format!("issuer: {issuer_url}"));
     line(&format!("admin: 127.0.0.1:{}", args.admin_port));
     line("");
     line(&format!(
-        "--app {}: the target of the inbound gateway, which is NOT active in this build (nothing listens inbound)",
+        "inbound gateway -> your agent at {} (--app):",
         args.app
+    ));
+    line(&format!(
+        "  JWT: iss {}, keys {}, aud {}",
+        jwt.issuer,
+        jwt.jwks_uri,
+        jwt.audiences.join(" or ")
+    ));
+    line(&format!(
+        "  mTLS: permissive (plain HTTP works; TLS callers need an X.509-SVID of spiffe://{TRUST_DOMAIN}: POST {issuer_url}/dev/svid)"
+    ));
+    line("  the agent gets x-authbridge-sub, -iss, -client-id (and -peer-id over mTLS)");
+    line(&format!(
+        "  no token needed: {}",
+        jwt.bypass_paths.join(" ")
     ));
     line("");
     line(&format!(
         "identity (in memory, trust domain spiffe://{TRUST_DOMAIN}):"
     ));
     line(&format!(
-        "  JWT-SVID   {AGENT_ID}  ES256, minted per exchange, valid {}s, aud {assertion_aud}",
-        JWT_SVID_TTL.as_secs()
+        "  JWT-SVID   {AGENT_ID}  ES256, minted per exchange, valid {}s, aud {}",
+        JWT_SVID_TTL.as_secs(),
+        info.assertion_aud
     ));
     line(&format!(
         "  X.509-SVID {}  expires {}  (CA spiffe://{TRUST_DOMAIN}, expires {})",
-        trust.x509.spiffe_id,
-        rfc3339(trust.x509.svid_not_after),
+        trust.x509.agent.spiffe_id,
+        rfc3339(trust.x509.agent.not_after),
         rfc3339(trust.x509.ca_not_after)
     ));
     line("");
@@ -473,10 +617,11 @@ fn print_banner(
         no_token_str(policy.no_token)
     ));
     line("");
-    if external {
-        line(&format!("token exchange: {token_url} (--issuer)"));
+    if info.external {
+        line(&format!("token exchange: {} (--issuer)", info.token_url));
         line(&format!(
-            "  client auth: jwt-spiffe: client_assertion = JWT-SVID sub {AGENT_ID}, aud {assertion_aud},"
+            "  client auth: jwt-spiffe: client_assertion = JWT-SVID sub {AGENT_ID}, aud {},",
+            info.assertion_aud
         ));
         line(&format!(
             "  client_id {}; the issuer must trust the dev trust domain's JWT bundle, served at {issuer_url}/dev/jwt-bundle",
@@ -487,27 +632,44 @@ fn print_banner(
         line(&format!(
             "  {AGENT_ID}). The keys change on every start. Get user tokens from the real issuer;"
         ));
-        line("  /dev/token tokens are not accepted there.");
+        line("  /dev/token tokens are not accepted there, nor by the inbound gateway.");
     } else {
         line(&format!(
-            "token exchange: {token_url} (embedded dev issuer; client auth jwt-spiffe as {AGENT_ID})"
+            "token exchange: {} (embedded dev issuer; client auth jwt-spiffe as {AGENT_ID})",
+            info.token_url
         ));
     }
     line("");
-    line("try it (copy-paste):");
+    line(&format!(
+        "try it (paste into another terminal; your agent listens on {}):",
+        args.app
+    ));
+    let aud = jwt
+        .audiences
+        .first()
+        .map(String::as_str)
+        .unwrap_or(AGENT_ID);
+    if info.external {
+        line(&format!(
+            "  TOKEN=...   # a user token from {} with aud {aud}",
+            info.issuer
+        ));
+    } else {
+        line(&format!(
+            "  TOKEN=$(curl -s --noproxy '*' -d sub=alice -d aud={aud} {issuer_url}/dev/token | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')"
+        ));
+    }
+    line(&format!(
+        "  curl -i --noproxy '*' -H \"Authorization: Bearer $TOKEN\" http://{in_addr}/   # to your agent, validated; it sees x-authbridge-sub"
+    ));
+    line(
+        "  # then start your agent from a shell with this: its calls to tools get exchanged tokens",
+    );
     line(&format!(
         "  export HTTP_PROXY=http://{out_addr} http_proxy=http://{out_addr}"
     ));
-    line(&format!(
-        "  TOKEN=$(curl -s --noproxy '*' -d sub=alice -d aud=my-agent -d scope=openid {issuer_url}/dev/token | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')"
-    ));
-    line(&format!(
-        "  curl -s -x http://{out_addr} -H \"Authorization: Bearer $TOKEN\" http://localhost:9000/   # your tool: it gets an exchanged token"
-    ));
     line(&bar);
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(s.as_bytes());
-    let _ = stdout.flush();
+    s
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! Everything here lives in memory and is regenerated on every start; nothing is written to
 //! disk. It is for local development only: the keys are ephemeral, the issuer trusts any
 //! `spiffe://dev.local/...` workload whose JWT-SVID the in-memory trust domain key signed, and
-//! it mints user tokens for anyone who asks.
+//! it mints user tokens and X.509-SVIDs for anyone who asks.
 //!
 //! Endpoints:
 //! - `GET /.well-known/openid-configuration`: discovery document;
@@ -12,6 +12,8 @@
 //! - `GET /dev/jwt-bundle`: the dev trust domain's JWT-SVID signing key (a SPIFFE JWT bundle),
 //!   for a real issuer that should trust the dev agent;
 //! - `POST /dev/token`: mints a user token (form `sub`, `aud`, `scope`);
+//! - `POST /dev/svid`: issues an X.509-SVID of `spiffe://dev.local` (form `spiffe_id`) with the
+//!   trust bundle, as PEM in JSON, for a peer that calls the agent's inbound side over mTLS;
 //! - `POST /token`: RFC 8693 token exchange, client authentication `jwt-spiffe`.
 
 use base64::Engine;
@@ -34,6 +36,8 @@ use tokio::net::TcpListener;
 
 pub const TRUST_DOMAIN: &str = "dev.local";
 pub const AGENT_ID: &str = "spiffe://dev.local/agent";
+/// The SPIFFE ID `POST /dev/svid` issues when none is asked for.
+pub const DEV_CLIENT_ID: &str = "spiffe://dev.local/dev-client";
 pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
 pub const ASSERTION_JWT_SPIFFE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-spiffe";
@@ -140,72 +144,117 @@ fn describe_jwt_error(e: &jsonwebtoken::errors::Error) -> String {
     }
 }
 
-/// The dev X.509 CA and the agent's X.509-SVID (kept in memory, PEM). The PEMs are for the
-/// inbound mTLS listener, which is not in this build yet.
-pub struct X509Identity {
-    #[allow(dead_code)]
-    pub ca_pem: String,
-    #[allow(dead_code)]
-    pub svid_pem: String,
-    #[allow(dead_code)]
-    pub svid_key_pem: String,
+/// An X.509-SVID issued by the dev CA: DER for rustls, PEM for people.
+pub struct IssuedSvid {
     pub spiffe_id: String,
-    pub ca_not_after: SystemTime,
-    pub svid_not_after: SystemTime,
+    pub cert_der: Vec<u8>,
+    pub cert_pem: String,
+    /// PKCS#8.
+    pub key_der: Vec<u8>,
+    pub key_pem: String,
+    pub not_after: SystemTime,
 }
 
-impl std::fmt::Debug for X509Identity {
+/// The dev X.509 CA (kept in memory, with its signing key so it can issue SVIDs to dev peers)
+/// and the agent's X.509-SVID, which the inbound mTLS listener presents.
+pub struct DevX509 {
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub ca_der: Vec<u8>,
+    pub ca_pem: String,
+    pub ca_not_after: SystemTime,
+    pub agent: IssuedSvid,
+}
+
+impl std::fmt::Debug for DevX509 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("X509Identity")
-            .field("spiffe_id", &self.spiffe_id)
-            .field("svid_not_after", &self.svid_not_after)
-            .field("svid_key_pem", &"<redacted>")
+        f.debug_struct("DevX509")
+            .field("agent", &self.agent.spiffe_id)
+            .field("svid_not_after", &self.agent.not_after)
+            .field("keys", &"<redacted>")
             .finish()
     }
 }
 
-/// The in-memory trust domain `spiffe://dev.local`.
-pub struct DevTrustDomain {
-    jwt_key: EcKey,
-    pub x509: X509Identity,
+fn x509_err(e: rcgen::Error) -> String {
+    format!("cannot create the dev X.509 identity: {e}")
 }
 
-fn generate_x509() -> Result<X509Identity, String> {
+impl DevX509 {
+    fn generate() -> Result<DevX509, String> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+            KeyUsagePurpose, SanType,
+        };
+        let now = SystemTime::now();
+        let ca_not_after = now + X509_CA_TTL;
+        let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(x509_err)?;
+        let mut ca = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "AuthBridge development");
+        dn.push(DnType::CommonName, "dev.local CA (DEVELOPMENT ONLY)");
+        ca.distinguished_name = dn;
+        ca.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://{TRUST_DOMAIN}")
+                .try_into()
+                .map_err(x509_err)?,
+        )];
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        ca.not_before = (now - Duration::from_secs(60)).into();
+        ca.not_after = ca_not_after.into();
+        let ca_cert = ca.self_signed(&ca_key).map_err(x509_err)?;
+        let issuer = Issuer::new(ca, ca_key);
+        let agent = issue(&issuer, AGENT_ID, X509_SVID_TTL.min(X509_CA_TTL))?;
+        Ok(DevX509 {
+            ca: issuer,
+            ca_der: ca_cert.der().to_vec(),
+            ca_pem: ca_cert.pem(),
+            ca_not_after,
+            agent,
+        })
+    }
+
+    /// Issues an X.509-SVID of the dev trust domain for `spiffe_id` (a peer that should call
+    /// the agent over mTLS). The id must be `spiffe://dev.local/<path>`.
+    pub fn issue(&self, spiffe_id: &str, ttl: Duration) -> Result<IssuedSvid, String> {
+        let id = SpiffeId::parse(spiffe_id).map_err(|e| format!("not a SPIFFE ID: {e}"))?;
+        if id.trust_domain() != TRUST_DOMAIN {
+            return Err(format!(
+                "{spiffe_id} is not in the trust domain spiffe://{TRUST_DOMAIN}"
+            ));
+        }
+        if id.path().trim_start_matches('/').is_empty() {
+            return Err(format!(
+                "{spiffe_id} has no path (e.g. spiffe://{TRUST_DOMAIN}/my-client)"
+            ));
+        }
+        issue(&self.ca, id.as_str(), ttl)
+    }
+}
+
+fn issue(
+    ca: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    spiffe_id: &str,
+    ttl: Duration,
+) -> Result<IssuedSvid, String> {
     use rcgen::{
-        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-        IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+        CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose, SanType,
     };
-    let err = |e: rcgen::Error| format!("cannot create the dev X.509 identity: {e}");
     let now = SystemTime::now();
-    let ca_not_after = now + X509_CA_TTL;
-    let svid_not_after = now + X509_SVID_TTL;
-
-    let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(err)?;
-    let mut ca = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, "AuthBridge development");
-    dn.push(DnType::CommonName, "dev.local CA (DEVELOPMENT ONLY)");
-    ca.distinguished_name = dn;
-    ca.subject_alt_names = vec![SanType::URI(
-        format!("spiffe://{TRUST_DOMAIN}").try_into().map_err(err)?,
-    )];
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    ca.not_before = (now - Duration::from_secs(60)).into();
-    ca.not_after = ca_not_after.into();
-    let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
-    let issuer = Issuer::new(ca, ca_key);
-
-    let leaf_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(err)?;
+    let not_after = now + ttl;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(x509_err)?;
     let mut leaf = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "AuthBridge development");
     leaf.distinguished_name = dn;
-    leaf.subject_alt_names = vec![SanType::URI(AGENT_ID.try_into().map_err(err)?)];
+    leaf.subject_alt_names = vec![SanType::URI(
+        spiffe_id.to_string().try_into().map_err(x509_err)?,
+    )];
     leaf.is_ca = IsCa::ExplicitNoCa;
     leaf.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
@@ -217,24 +266,41 @@ fn generate_x509() -> Result<X509Identity, String> {
     ];
     leaf.use_authority_key_identifier_extension = true;
     leaf.not_before = (now - Duration::from_secs(60)).into();
-    leaf.not_after = svid_not_after.into();
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).map_err(err)?;
-    Ok(X509Identity {
-        ca_pem: ca_cert.pem(),
-        svid_pem: leaf_cert.pem(),
-        svid_key_pem: leaf_key.serialize_pem(),
-        spiffe_id: AGENT_ID.to_string(),
-        ca_not_after,
-        svid_not_after,
+    leaf.not_after = not_after.into();
+    let cert = leaf.signed_by(&key, ca).map_err(x509_err)?;
+    Ok(IssuedSvid {
+        spiffe_id: spiffe_id.to_string(),
+        cert_der: cert.der().to_vec(),
+        cert_pem: cert.pem(),
+        key_der: key.serialize_der(),
+        key_pem: key.serialize_pem(),
+        not_after,
     })
+}
+
+/// The in-memory trust domain `spiffe://dev.local`.
+pub struct DevTrustDomain {
+    jwt_key: EcKey,
+    pub x509: DevX509,
 }
 
 impl DevTrustDomain {
     pub fn generate() -> Result<Arc<DevTrustDomain>, String> {
         Ok(Arc::new(DevTrustDomain {
             jwt_key: EcKey::generate("dev-local-jwt-svid-1", "jwt-svid")?,
-            x509: generate_x509()?,
+            x509: DevX509::generate()?,
         }))
+    }
+
+    /// The agent's X.509 identity for the inbound mTLS listener: its SVID and the bundle of
+    /// `spiffe://dev.local` (peers of the dev trust domain verify against it).
+    pub fn agent_x509(&self) -> Result<spiffe_source::X509Identity, String> {
+        spiffe_source::source::identity_from_der(
+            vec![self.x509.agent.cert_der.clone()],
+            self.x509.agent.key_der.clone(),
+            vec![(TRUST_DOMAIN.to_string(), vec![self.x509.ca_der.clone()])],
+        )
+        .map_err(|e| format!("the dev X.509-SVID is unusable: {e}"))
     }
 
     /// The JWT bundle of the trust domain (a JWKS with `use: jwt-svid`).
@@ -459,6 +525,33 @@ impl DevIssuer {
         ))
     }
 
+    /// Issues an X.509-SVID of the dev trust domain to a peer (form `spiffe_id`, default
+    /// `spiffe://dev.local/dev-client`), so it can call the agent over mTLS.
+    fn dev_svid(&self, form: &Form) -> Result<Response<Body>, OAuthError> {
+        let id = form.one("spiffe_id")?.unwrap_or(DEV_CLIENT_ID);
+        check_value("spiffe_id", id)?;
+        let svid = self
+            .trust
+            .x509
+            .issue(id, X509_SVID_TTL)
+            .map_err(|e| invalid_request(format!("spiffe_id: {e}")))?;
+        let exp = svid
+            .not_after
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "spiffe_id": svid.spiffe_id,
+                "svid_pem": svid.cert_pem,
+                "svid_key_pem": svid.key_pem,
+                "bundle_pem": self.trust.x509.ca_pem,
+                "expires_at": exp,
+            }),
+        ))
+    }
+
     /// RFC 8693 token exchange with `jwt-spiffe` client authentication.
     fn exchange(&self, form: &Form) -> Result<Response<Body>, OAuthError> {
         match form.one("grant_type")? {
@@ -597,6 +690,7 @@ impl DevIssuer {
                 Ok(json_response(StatusCode::OK, &self.trust.jwt_bundle()))
             }
             (&Method::POST, "/dev/token") => self.dev_token(&Form::parse(body)),
+            (&Method::POST, "/dev/svid") => self.dev_svid(&Form::parse(body)),
             (&Method::POST, "/token") => self.exchange(&Form::parse(body)),
             (
                 _,
@@ -604,6 +698,7 @@ impl DevIssuer {
                 | "/jwks"
                 | "/dev/jwt-bundle"
                 | "/dev/token"
+                | "/dev/svid"
                 | "/token",
             ) => Err(oauth_err(
                 StatusCode::METHOD_NOT_ALLOWED,
