@@ -55,6 +55,11 @@ impl BypassPaths {
         Ok(Self { patterns })
     }
 
+    /// Checks one pattern; the error says what is wrong (without naming the pattern).
+    pub fn validate_pattern(pattern: &str) -> Result<(), String> {
+        compile(pattern).map(|_| ())
+    }
+
     /// True when no pattern is configured.
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()
@@ -158,21 +163,35 @@ fn hex(b: u8) -> Option<u8> {
 }
 
 fn normalize(raw: &str) -> Option<Cow<'_, str>> {
-    let end = raw.find(['?', '#']).unwrap_or(raw.len());
+    let b = raw.as_bytes();
+    if b.first() != Some(&b'/') {
+        return None;
+    }
+    // One pass: find the end of the path, refuse ambiguous bytes, and note whether the path
+    // needs work (an escape, or a '.' right after '/' or '.').
+    let mut end = b.len();
+    let mut simple = true;
+    let mut prev = 0u8;
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'?' | b'#' => {
+                end = i;
+                break;
+            }
+            b'%' => simple = false,
+            b'.' if prev == b'/' || prev == b'.' => simple = false,
+            b'\\' => return None,
+            c if !c.is_ascii_graphic() => return None,
+            _ => {}
+        }
+        prev = c;
+    }
     let path = &raw[..end];
-    if !path.starts_with('/') {
-        return None;
-    }
-    if path.bytes().any(|b| !b.is_ascii_graphic() || b == b'\\') {
-        return None;
-    }
-    let has_escape = path.contains('%');
-    let has_dot_segment = path[1..].split('/').any(|s| s == "." || s == "..");
-    if !has_escape && !has_dot_segment {
+    if simple {
         // Already normal (the common case): no allocation.
-        return (!path.contains("..")).then_some(Cow::Borrowed(path));
+        return Some(Cow::Borrowed(path));
     }
-    let decoded = if has_escape {
+    let decoded = if path.contains('%') {
         decode_unreserved(path)?
     } else {
         path.to_owned()
@@ -463,6 +482,11 @@ mod tests {
         ] {
             assert!(BypassPaths::new(&[p.to_string()]).is_err(), "{p:?}");
         }
+        assert_eq!(
+            BypassPaths::validate_pattern("bad").unwrap_err(),
+            "must start with '/'"
+        );
+        assert!(BypassPaths::validate_pattern("/.well-known/*").is_ok());
         let e = BypassPaths::new(&["/ok".into(), "bad".into()]).unwrap_err();
         assert!(e.contains("bypass_paths[1]"), "{e}");
         assert!(BypassPaths::new(&[]).unwrap().is_empty());

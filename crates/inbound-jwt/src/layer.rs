@@ -111,8 +111,8 @@ impl JwtAuth {
         headers: &mut HeaderMap,
         path: &str,
     ) -> Result<Authorized, Response<Body>> {
-        strip_token_headers(headers);
         if self.bypass.matches(path) {
+            strip_token_headers(headers);
             self.counters.allow_bypass.inc();
             return Ok(Authorized::Bypass);
         }
@@ -120,30 +120,42 @@ impl JwtAuth {
             // Two Authorization headers: which one the agent reads is anyone's guess.
             Err(JwtError::Malformed)
         } else {
-            let Some(token) = bearer_token(headers) else {
-                self.counters.deny_missing.inc();
-                tracing::debug!(reason = "missing_token", "inbound request refused");
-                return Err(unauthorized(MISSING_MESSAGE, false));
-            };
-            self.validator.validate(token).await
+            match bearer_token(headers) {
+                Some(token) => self.validator.validate(token).await,
+                None => {
+                    strip_token_headers(headers);
+                    self.counters.deny_missing.inc();
+                    tracing::debug!(reason = "missing_token", "inbound request refused");
+                    return Err(unauthorized(MISSING_MESSAGE, false));
+                }
+            }
         };
         match result {
             Ok(claims) => {
-                if let Some(v) = &claims.sub_header {
-                    headers.insert(HEADER_SUB, v.clone());
-                }
-                headers.insert(HEADER_ISS, claims.iss_header.clone());
-                if let Some(v) = &claims.client_id_header {
-                    headers.insert(HEADER_CLIENT_ID, v.clone());
-                }
+                // `insert` replaces every caller-sent value; absent claims remove them.
+                set_or_remove(headers, HEADER_SUB, claims.sub_header.as_ref());
+                set_or_remove(headers, HEADER_ISS, Some(&claims.iss_header));
+                set_or_remove(headers, HEADER_CLIENT_ID, claims.client_id_header.as_ref());
                 self.counters.allow_token.inc();
                 Ok(Authorized::Token(claims))
             }
             Err(e) => {
+                strip_token_headers(headers);
                 self.counters.deny[e.index()].inc();
                 tracing::debug!(reason = e.reason(), "inbound request refused");
                 Err(unauthorized(e.message(), true))
             }
+        }
+    }
+}
+
+fn set_or_remove(headers: &mut HeaderMap, name: HeaderName, value: Option<&HeaderValue>) {
+    match value {
+        Some(v) => {
+            headers.insert(name, v.clone());
+        }
+        None => {
+            headers.remove(name);
         }
     }
 }

@@ -198,7 +198,8 @@ impl Validator {
 
     /// Validates a bearer token (CONTRACT §5): signature by a JWKS key of an accepted
     /// algorithm, `iss`, `aud`, `exp`, `nbf`, `iat`. A token seen before and still valid is
-    /// answered from the cache (one SHA-256 and a lookup).
+    /// answered from the cache (one SHA-256 and a lookup). Key hints in the header other than
+    /// `kid` (`jku`, `jwk`, `x5u`, `x5c`) are ignored: only JWKS keys are ever used.
     pub async fn validate(&self, token: &str) -> Result<Arc<VerifiedClaims>, JwtError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(JwtError::TooLarge);
