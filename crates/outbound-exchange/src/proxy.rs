@@ -146,26 +146,11 @@ impl Outbound {
         if let Ok(a) = listener.local_addr() {
             let _ = self.local.set(a);
         }
-        loop {
-            let (stream, _peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "outbound accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                },
-                _ = drain.signaled() => break,
-            };
+        proxy_core::listen::accept_loop(listener, drain, "outbound", |stream, drain| {
             let this = self.clone();
-            let drain = drain.clone();
-            tokio::spawn(async move {
-                let _guard = drain.conn_guard();
-                this.handle_conn(stream, drain).await;
-            });
-        }
-        tracing::debug!("outbound listener closed");
+            async move { this.handle_conn(stream, drain).await }
+        })
+        .await;
     }
 
     async fn handle_conn(self: Arc<Self>, stream: TcpStream, drain: drain::Watch) {

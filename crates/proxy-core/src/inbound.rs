@@ -130,26 +130,11 @@ impl Inbound {
         if let Ok(a) = listener.local_addr() {
             let _ = self.local.set(a);
         }
-        loop {
-            let (stream, _peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "inbound accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                },
-                _ = drain.signaled() => break,
-            };
+        crate::listen::accept_loop(listener, drain, "inbound", |stream, drain| {
             let this = self.clone();
-            let drain = drain.clone();
-            tokio::spawn(async move {
-                let _guard = drain.conn_guard();
-                this.handle_conn(stream, drain).await;
-            });
-        }
-        tracing::debug!("inbound listener closed");
+            async move { this.handle_conn(stream, drain).await }
+        })
+        .await;
     }
 
     fn destination(&self, stream: &TcpStream) -> Option<String> {

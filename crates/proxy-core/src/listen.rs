@@ -46,3 +46,37 @@ mod tests {
         }
     }
 }
+
+/// Accepts connections until drain is signaled, handing each to `handle` on its own task
+/// (holding a drain guard, so drain waits for it). Accept errors (e.g. out of file
+/// descriptors) are logged and retried after a short pause.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    drain: crate::drain::Watch,
+    name: &'static str,
+    handle: F,
+) where
+    F: Fn(tokio::net::TcpStream, crate::drain::Watch) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let (stream, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = drain.signaled() => break,
+        };
+        let guard = drain.conn_guard();
+        let fut = handle(stream, drain.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            fut.await;
+        });
+    }
+    tracing::debug!(listener = name, "listener closed");
+}
