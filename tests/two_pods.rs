@@ -8,7 +8,7 @@
 //!
 //! ```text
 //!  ns ab2-agent-PID               ns ab2-net-PID (router)             ns ab2-tool-PID
-//!  curl (uid 1000, no proxy env)  STS 10.214.0.10 (oidc-provider)     tool.mjs 0.0.0.0:8080
+//!  curl (uid 1000, no proxy env)  STS 10.214.0.10 (oidc-provider)     echo.mjs 0.0.0.0:8080
 //!   │ OUTPUT: REDIRECT :15123       ▲ exchange          ▲ JWKS          ▲ 127.0.0.1:8080
 //!   ▼                               │                   │               authbridge (uid 1337)
 //!  authbridge (uid 1337) ───────────┘                   └────────────── inbound :15124
@@ -31,19 +31,19 @@
 //! `INBOUND_PORTS_EXCLUDE` port reaches the app directly; the counters on the three admin ports
 //! agree.
 //!
-//! Needs root, `ip` (iproute2), `iptables`/`ip6tables` (+ `-save`), `setpriv` (util-linux), `curl`,
-//! Node.js and `npm ci --prefix tests/sts`. Without them it prints `skipping: ...` and passes,
-//! except under `CI=true`, where a missing prerequisite fails the test.
+//! Needs root and the tools listed in `support/netns.rs` (`authbridge_e2e::netns`); without
+//! them it is skipped, except under `CI=true`.
 
+use authbridge_e2e::metric;
 use authbridge_e2e::mtls::write_static;
-use authbridge_e2e::{bin, jwt_claims, metric, TempDir};
+use authbridge_e2e::netns::{
+    auds, echo_app, exchanged_claims, in_ns, node, poll, set_mode, status_200, sts_command, url,
+    Daemon, Harness, ProxyFiles, CLIENT_ID, CLIENT_SECRET, CLIENT_UID, PROXY_UID,
+};
 use fake_workload_api::TestCa;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// The agent pod.
@@ -69,10 +69,6 @@ const STS_V4: &str = "10.214.0.10";
 const TOOL_PORT: u16 = 8080;
 /// A second tool port listed in the tool pod's INBOUND_PORTS_EXCLUDE (never captured).
 const TOOL_EXCLUDED_PORT: u16 = 8081;
-const PROXY_UID: &str = "1337";
-const CLIENT_UID: &str = "1000";
-const CLIENT_ID: &str = "agent-secret-client";
-const CLIENT_SECRET: &str = "s3cret";
 /// The tool's SPIFFE ID: its X.509-SVID and the audience the agent exchanges for.
 const TOOL_ID: &str = "spiffe://example.org/ns/tools/sa/tool";
 const MTOOL_ID: &str = "spiffe://example.org/ns/tools/sa/mtls-tool";
@@ -93,302 +89,14 @@ const IN_DENY_PLAINTEXT: &str =
 const IN_DENY_NO_TOKEN: &str =
     "authbridge_inbound_decisions_total{decision=\"deny\",reason=\"missing_token\"}";
 
-// ---------------------------------------------------------------------------------------------
-// Prerequisites
-
-fn in_ci() -> bool {
-    std::env::var("CI")
-        .map(|v| v.eq_ignore_ascii_case("true") || v == "1")
-        .unwrap_or(false)
-}
-
-/// `Some(reason)` when something the test needs is missing.
-fn missing_prerequisite() -> Option<String> {
-    match std::fs::metadata("/proc/self") {
-        Ok(m) if m.uid() == 0 => {}
-        Ok(m) => return Some(format!("not running as root (euid {})", m.uid())),
-        Err(e) => return Some(format!("cannot read /proc/self: {e}")),
-    }
-    for tool in [
-        "ip",
-        "iptables",
-        "ip6tables",
-        "iptables-save",
-        "ip6tables-save",
-        "setpriv",
-        "curl",
-    ] {
-        if find_in_path(tool).is_none() {
-            return Some(format!(
-                "`{tool}` not found in PATH (apt-get install -y iptables iproute2 util-linux curl)"
-            ));
-        }
-    }
-    let node_ok = Command::new(node())
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !node_ok {
-        return Some(format!("`{}` (Node.js) not runnable", node().display()));
-    }
-    if !sts_dir()
-        .join("node_modules/oidc-provider/package.json")
-        .is_file()
-    {
-        return Some(format!(
-            "{}/node_modules missing (run `npm ci --prefix tests/sts`)",
-            sts_dir().display()
-        ));
-    }
-    None
-}
-
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    // Root's PATH sometimes lacks /usr/sbin; iptables and ip live there.
-    let extra = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from);
-    std::env::split_paths(&path)
-        .chain(extra)
-        .map(|d| d.join(name))
-        .find(|p| {
-            std::fs::metadata(p)
-                .map(|m| m.is_file() && m.mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
-}
-
-fn node() -> PathBuf {
-    std::env::var_os("NODE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("node"))
-}
-
-fn sts_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("sts")
-}
-
-fn skip_or_fail(why: &str) {
-    if in_ci() {
-        panic!("two-pods test cannot run in CI (CI=true), prerequisite missing: {why}");
-    }
-    eprintln!("skipping: {why}");
-}
+const HARNESS: Harness = Harness {
+    name: "two-pods test",
+    deadline: Duration::from_secs(30),
+    curl_max_time: Duration::from_secs(20),
+};
 
 // ---------------------------------------------------------------------------------------------
-// Processes and namespaces
-
-/// Runs a command to completion with a deadline (killing it when the deadline passes).
-fn output(cmd: &mut Command, timeout: Duration) -> Output {
-    let shown = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {shown}: {e}"));
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t1 = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut out, &mut v);
-        v
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut err, &mut v);
-        v
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{shown} did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: t1.join().unwrap(),
-        stderr: t2.join().unwrap(),
-    }
-}
-
-/// Runs a command that must succeed; returns its stdout.
-fn run_ok(cmd: &mut Command) -> String {
-    let shown = format!("{cmd:?}");
-    let o = output(cmd, Duration::from_secs(30));
-    assert!(
-        o.status.success(),
-        "{shown} failed ({}):\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn ip(args: &[&str]) -> String {
-    run_ok(Command::new("ip").args(args))
-}
-
-/// A command run inside network namespace `ns`, with no proxy settings in its environment.
-fn in_ns(ns: &str, prog: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns]).arg(prog);
-    for k in [
-        "HTTP_PROXY",
-        "http_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-        "NO_PROXY",
-        "no_proxy",
-    ] {
-        c.env_remove(k);
-    }
-    c
-}
-
-const NS_PREFIXES: [&str; 4] = ["ab2-agent-", "ab2-net-", "ab2-tool-", "ab2-mtool-"];
-
-/// The namespaces (agent pod, "cluster network", tool pod, mTLS tool pod); deleting them also
-/// removes the veth pairs. Deleted on drop (also when the test panics). Declared before every
-/// process so it is dropped after them.
-struct Namespaces {
-    agent: String,
-    net: String,
-    tool: String,
-    mtool: String,
-}
-
-impl Namespaces {
-    fn create() -> Result<Namespaces, String> {
-        remove_stale_namespaces();
-        let pid = std::process::id();
-        let [agent, net, tool, mtool] = NS_PREFIXES.map(|p| format!("{p}{pid}"));
-        let ns = Namespaces {
-            agent,
-            net,
-            tool,
-            mtool,
-        };
-        for n in ns.all() {
-            let o = output(
-                Command::new("ip").args(["netns", "add", n]),
-                Duration::from_secs(30),
-            );
-            if !o.status.success() {
-                return Err(format!(
-                    "`ip netns add {n}` failed (no CAP_SYS_ADMIN / netns support?): {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ));
-            }
-        }
-        Ok(ns)
-    }
-
-    fn all(&self) -> [&String; 4] {
-        [&self.agent, &self.net, &self.tool, &self.mtool]
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for n in self.all() {
-            let _ = Command::new("ip")
-                .args(["netns", "del", n])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-/// Namespaces left behind by an earlier run that was killed (its PID no longer exists).
-fn remove_stale_namespaces() {
-    let Ok(o) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&o.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        let pid = NS_PREFIXES.iter().find_map(|p| name.strip_prefix(p));
-        if let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) {
-            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = Command::new("ip").args(["netns", "del", name]).status();
-            }
-        }
-    }
-}
-
-/// A long-running child, killed (and reaped) on drop. Its stdin is kept open so Node children
-/// that exit on stdin EOF die with the test process.
-struct Daemon {
-    name: &'static str,
-    child: Child,
-    _stdin: Option<ChildStdin>,
-    log: Option<PathBuf>,
-}
-
-impl Daemon {
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-    fn logs(&self) -> String {
-        self.log
-            .as_ref()
-            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `cmd` (stdout piped, stderr inherited) and waits up to 30 s for its first stdout line.
-fn spawn_with_ready_line(name: &'static str, cmd: &mut Command) -> (Daemon, String) {
-    let shown = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {shown}: {e}"));
-    let stdin = child.stdin.take();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next();
-        let _ = tx.send(first.and_then(|l| l.ok()));
-        // Keep draining so the child never blocks on a full pipe.
-        for _ in lines {}
-    });
-    let mut d = Daemon {
-        name,
-        child,
-        _stdin: stdin,
-        log: None,
-    };
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(Some(line)) => (d, line),
-        Ok(None) => panic!(
-            "{name} ({shown}) exited before its ready line: {:?} (stderr above)",
-            d.exited()
-        ),
-        Err(_) => panic!("{name} ({shown}) printed no ready line within 30 s"),
-    }
-}
+// Helpers
 
 /// `authbridge run --config cfg` in `ns` as UID 1337, stderr to `log`.
 fn start_authbridge(name: &'static str, ns: &str, bin: &Path, cfg: &Path, log: PathBuf) -> Daemon {
@@ -407,187 +115,7 @@ fn start_authbridge(name: &'static str, ns: &str, bin: &Path, cfg: &Path, log: P
         .stderr(file)
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-    Daemon {
-        name,
-        child,
-        _stdin: None,
-        log: Some(log),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// HTTP through curl (inside the namespaces)
-
-struct Reply {
-    status: u16,
-    /// Response header lines, lower-cased names: `name: value`.
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// `curl` in namespace `ns` as `uid` (None = root), no proxy settings. `Err` on transport failure.
-fn curl(ns: &str, uid: Option<&str>, url: &str, extra: &[&str]) -> Result<Reply, String> {
-    let mut cmd = match uid {
-        Some(u) => {
-            let mut c = in_ns(ns, "setpriv");
-            c.args(["--reuid", u, "--regid", u, "--clear-groups", "curl"]);
-            c
-        }
-        None => in_ns(ns, "curl"),
-    };
-    cmd.args([
-        "-sS",
-        "-i",
-        "--noproxy",
-        "*",
-        "--connect-timeout",
-        "10",
-        "--max-time",
-        "20",
-        "-w",
-        "\n%{http_code}",
-    ])
-    .args(extra)
-    .arg(url);
-    let o = output(&mut cmd, Duration::from_secs(30));
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    if !o.status.success() {
-        return Err(format!(
-            "curl {url} failed ({}): {}{}",
-            o.status,
-            out,
-            String::from_utf8_lossy(&o.stderr)
-        ));
-    }
-    let (resp, code) = out.rsplit_once('\n').unwrap_or(("", out.as_str()));
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((resp, ""));
-    let headers = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Ok(Reply {
-        status: code.trim().parse().unwrap_or(0),
-        headers,
-        body: body.to_string(),
-    })
-}
-
-fn url(host: &str, port: u16, path: &str) -> String {
-    if host.contains(':') {
-        format!("http://[{host}]:{port}{path}")
-    } else {
-        format!("http://{host}:{port}{path}")
-    }
-}
-
-/// Polls until `f` succeeds.
-fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    let mut last;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) => last = e,
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not ready within {timeout:?}; last error: {last}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn status_200(r: Result<Reply, String>) -> Result<(), String> {
-    let r = r?;
-    (r.status == 200)
-        .then_some(())
-        .ok_or(format!("status {}: {}", r.status, r.body))
-}
-
-// ---------------------------------------------------------------------------------------------
-// iptables
-
-/// `authbridge init-iptables` in `ns` with kagenti's environment.
-fn init_iptables(ns: &str, pod_ip: &str, env: &[(&str, &str)]) -> String {
-    let mut cmd = in_ns(ns, bin());
-    cmd.arg("init-iptables")
-        .env("POD_IP", pod_ip)
-        .env("PROXY_UID", PROXY_UID)
-        .env("CAPTURE_IPV6", "on")
-        .env_remove("RUST_LOG");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let o = output(&mut cmd, Duration::from_secs(30));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(
-        o.status.success(),
-        "init-iptables in {ns} failed ({}):\n{text}",
-        o.status
-    );
-    text
-}
-
-/// The nat table of both families in `ns` (counters and comments stripped) from the first
-/// `*-save` flavour that shows our chains.
-fn nat_rules(ns: &str) -> String {
-    let strip = |s: &str| -> String {
-        s.lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| match l.rfind(" [") {
-                Some(i) if l.starts_with(':') && l.ends_with(']') => l[..i].to_string(),
-                _ => l.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let mut all = String::new();
-    for fam in ["iptables", "ip6tables"] {
-        let mut found = None;
-        for flavour in ["", "-nft", "-legacy"] {
-            let prog = format!("{fam}{flavour}-save");
-            if find_in_path(&prog).is_none() {
-                continue;
-            }
-            let o = output(
-                in_ns(ns, &prog).args(["-t", "nat"]),
-                Duration::from_secs(30),
-            );
-            let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            if o.status.success() && text.contains("AUTHBRIDGE_INBOUND") {
-                found = Some(strip(&text));
-                break;
-            }
-        }
-        let text = found
-            .unwrap_or_else(|| panic!("no {fam}*-save in {ns} shows the AUTHBRIDGE_INBOUND chain"));
-        all.push_str(&format!("### {fam}\n{text}\n"));
-    }
-    all
-}
-
-fn set_mode(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", p.display()));
+    Daemon::with_log(name, child, log)
 }
 
 fn grep_metrics(text: &str) -> String {
@@ -608,37 +136,16 @@ fn grep_metrics(text: &str) -> String {
         .join("\n")
 }
 
-fn auds(claims: &Value) -> Vec<String> {
-    match &claims["aud"] {
-        Value::String(s) => vec![s.clone()],
-        Value::Array(v) => v
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_string)
-            .collect(),
-        _ => vec![],
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The test
 
 #[test]
 fn agent_egress_exchanged_and_tool_ingress_validated() {
-    if let Some(why) = missing_prerequisite() {
-        return skip_or_fail(&why);
-    }
     let started = Instant::now();
-    let ns = match Namespaces::create() {
-        Ok(ns) => ns,
-        Err(why) => return skip_or_fail(&why),
+    let Some(ns) = HARNESS.namespaces(["ab2-agent-", "ab2-net-", "ab2-tool-", "ab2-mtool-"]) else {
+        return;
     };
-    let (a, n, t, m) = (
-        ns.agent.clone(),
-        ns.net.clone(),
-        ns.tool.clone(),
-        ns.mtool.clone(),
-    );
+    let [a, n, t, m] = ns.names.clone();
 
     // --- network: each pod's eth0 is one end of a veth pair whose other end is in the middle
     // namespace, which routes between them (nodad: IPv6 addresses usable at once).
@@ -647,39 +154,20 @@ fn agent_egress_exchanged_and_tool_ingress_validated() {
         (&t, "to-tool", TOOL_V4, TOOL_GW_V4, TOOL_V6, TOOL_GW_V6),
         (&m, "to-mtool", MTOOL_V4, MTOOL_GW_V4, MTOOL_V6, MTOOL_GW_V6),
     ];
-    for ns_name in ns.all() {
-        ip(&["-n", ns_name, "link", "set", "lo", "up"]);
+    for ns_name in &ns.names {
+        HARNESS.ip(&["-n", ns_name, "link", "set", "lo", "up"]);
     }
     for (pod, peer, v4, gw4, v6, gw6) in pods {
-        ip(&[
+        HARNESS.ip(&[
             "link", "add", "eth0", "netns", pod, "type", "veth", "peer", "name", peer, "netns", &n,
         ]);
         for (ns_name, dev, v4, v6) in [(pod, "eth0", v4, v6), (&n, peer, gw4, gw6)] {
-            ip(&[
-                "-n",
-                ns_name,
-                "addr",
-                "add",
-                &format!("{v4}/24"),
-                "dev",
-                dev,
-            ]);
-            ip(&[
-                "-n",
-                ns_name,
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
-            ip(&["-n", ns_name, "link", "set", dev, "up"]);
+            HARNESS.add_addresses(ns_name, dev, &[v4], &[v6]);
         }
-        ip(&["-n", pod, "route", "add", "default", "via", gw4]);
-        ip(&["-n", pod, "-6", "route", "add", "default", "via", gw6]);
+        HARNESS.ip(&["-n", pod, "route", "add", "default", "via", gw4]);
+        HARNESS.ip(&["-n", pod, "-6", "route", "add", "default", "via", gw6]);
     }
-    ip(&[
+    HARNESS.ip(&[
         "-n",
         &n,
         "addr",
@@ -689,27 +177,13 @@ fn agent_egress_exchanged_and_tool_ingress_validated() {
         "lo",
     ]);
     // /proc/sys/net is per network namespace: this turns the middle namespace into a router.
-    run_ok(in_ns(&n, "sh").args([
+    HARNESS.run_ok(in_ns(&n, "sh").args([
         "-c",
         "echo 1 > /proc/sys/net/ipv4/ip_forward && echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
     ]));
 
     // --- the STS, in the middle namespace.
-    let (_sts, line) = spawn_with_ready_line(
-        "STS",
-        in_ns(&n, node())
-            .arg(sts_dir().join("server.mjs"))
-            .args([
-                "--port",
-                "0",
-                "--host",
-                STS_V4,
-                "--exit-on-stdin-eof",
-                "--client-secret",
-                CLIENT_SECRET,
-            ])
-            .current_dir(sts_dir()),
-    );
+    let (_sts, line) = HARNESS.spawn_with_ready_line("STS", &mut sts_command(&n, STS_V4));
     let ready: Value =
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("STS ready line ({e}): {line}"));
     let field = |k: &str| -> String {
@@ -724,23 +198,8 @@ fn agent_egress_exchanged_and_tool_ingress_validated() {
         "STS jwks_uri {jwks_uri} is not on {STS_V4}"
     );
     // The harness talks to the STS's /test endpoints from the middle namespace (no capture there).
-    let sts_post = |path: &str, form: &[(&str, &str)]| -> Value {
-        let mut args = Vec::new();
-        for (k, v) in form {
-            args.push("--data-urlencode".to_string());
-            args.push(format!("{k}={v}"));
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let r = curl(&n, None, &format!("{issuer}{path}"), &args)
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-        assert_eq!(r.status, 200, "POST {path}: {}", r.body);
-        r.json()
-    };
     let last_exchange = || -> Value {
-        let r =
-            curl(&n, None, &format!("{issuer}/test/requests"), &[]).expect("GET /test/requests");
-        assert_eq!(r.status, 200, "GET /test/requests: {}", r.body);
-        let reqs = r.json().as_array().cloned().expect("array");
+        let reqs = HARNESS.sts_requests(&n, &issuer);
         reqs.iter()
             .rev()
             .find(|r| r["form"]["grant_type"] == "urn:ietf:params:oauth:grant-type:token-exchange")
@@ -748,29 +207,26 @@ fn agent_egress_exchanged_and_tool_ingress_validated() {
             .unwrap_or_else(|| panic!("the STS saw no token exchange: {reqs:?}"))
     };
     // The user's token, as a frontend would have obtained it: audience = the agent.
-    let user_token = sts_post(
-        "/test/mint",
+    let user_token = HARNESS.sts_mint(
+        &n,
+        &issuer,
         &[
             ("sub", USER),
             ("aud", AGENT_ID),
             ("client_id", "frontend"),
             ("scope", "tools"),
         ],
-    )["access_token"]
-        .as_str()
-        .expect("minted access_token")
-        .to_string();
+    );
     let bearer = format!("Authorization: Bearer {user_token}");
 
     // --- the tool apps: 0.0.0.0 (the inbound proxy forwards to 127.0.0.1:<original port>; the
     // excluded port is reached directly) and the pod's IPv6 address (for the reachability check
     // before capture).
-    let app_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("netns/tool.mjs");
     let mut apps = Vec::new();
     for (ns_name, v6) in [(&t, TOOL_V6), (&m, MTOOL_V6)] {
-        let (app, line) = spawn_with_ready_line(
+        let (app, line) = HARNESS.spawn_with_ready_line(
             "tool app",
-            in_ns(ns_name, node()).arg(&app_script).args([
+            in_ns(ns_name, node()).arg(echo_app()).args([
                 format!("0.0.0.0:{TOOL_PORT}"),
                 format!("[{v6}]:{TOOL_PORT}"),
                 format!("0.0.0.0:{TOOL_EXCLUDED_PORT}"),
@@ -793,18 +249,18 @@ fn agent_egress_exchanged_and_tool_ingress_validated() {
         poll(
             &format!("{u} from {ns_name}"),
             Duration::from_secs(20),
-            || status_200(curl(ns_name, None, &u, &[])),
+            || status_200(HARNESS.curl(ns_name, None, &u, &[])),
         );
     }
 
     // --- capture rules in every pod (as the init containers would install them).
-    let report = init_iptables(&a, AGENT_V4, &[]);
+    let report = HARNESS.init_iptables(&a, AGENT_V4, &[]);
     eprintln!("init-iptables (agent pod):\n{report}");
     let excluded = TOOL_EXCLUDED_PORT.to_string();
     for (pod, pod_ip) in [(&t, TOOL_V4), (&m, MTOOL_V4)] {
-        let report = init_iptables(pod, pod_ip, &[("INBOUND_PORTS_EXCLUDE", &excluded)]);
+        let report = HARNESS.init_iptables(pod, pod_ip, &[("INBOUND_PORTS_EXCLUDE", &excluded)]);
         eprintln!("init-iptables ({pod}):\n{report}");
-        let rules = nat_rules(pod);
+        let rules = HARNESS.nat_rules(pod, "AUTHBRIDGE_INBOUND");
         for needle in [
             "REDIRECT --to-ports 15124",
             &format!("--dport {TOOL_EXCLUDED_PORT}"),
@@ -816,19 +272,16 @@ fn agent_egress_exchanged_and_tool_ingress_validated() {
         }
     }
     assert!(
-        nat_rules(&a).contains("REDIRECT --to-ports 15123"),
+        HARNESS
+            .nat_rules(&a, "AUTHBRIDGE_INBOUND")
+            .contains("REDIRECT --to-ports 15123"),
         "agent pod: no outbound REDIRECT"
     );
 
     // --- configuration and identities, readable by UID 1337 (CI homes are often 0750, so the
     // binary is copied into a world-readable temp dir too).
-    let dir = TempDir::new("two-pods");
-    set_mode(dir.path(), 0o755);
-    let proxy_bin = dir.path().join("authbridge");
-    std::fs::copy(bin(), &proxy_bin).expect("copy the authbridge binary");
-    set_mode(&proxy_bin, 0o755);
-    let secret_file = dir.write("client-secret", &format!("{CLIENT_SECRET}\n"));
-    set_mode(&secret_file, 0o644);
+    let files = ProxyFiles::new("two-pods");
+    let (dir, proxy_bin) = (&files.dir, &files.bin);
     let ca = TestCa::new("example.org");
     let identity_yaml = |name: &str, spiffe_id: &str| -> String {
         let d = dir.path().join(name);
@@ -847,20 +300,8 @@ fn agent_egress_exchanged_and_tool_ingress_validated() {
         )
     };
 
-    let agent_cfg = dir.write(
-        "agent.yaml",
-        &format!(
-            r#"{identity}outbound:
-  listen: "[::]:15123"
-  token_url: "{token_url}"
-  client_id: {CLIENT_ID}
-  client_auth: client-secret
-  client_secret_file: "{secret}"
-  routes_file: ""
-  default_policy: passthrough
-  no_token_policy: passthrough
-  routes:
-    - host: "{TOOL_V4}"
+    let agent_routes = format!(
+        r#"    - host: "{TOOL_V4}"
       target_audience: "{TOOL_ID}"
       action: exchange
     - host: "{TOOL_V6}"
@@ -871,14 +312,12 @@ fn agent_egress_exchanged_and_tool_ingress_validated() {
       action: exchange
       mtls: true
       mtls_peer: "{MTOOL_ID}"
-inbound:
-  mtls: disabled
-admin:
-  listen: "127.0.0.1:9901"
-"#,
-            identity = identity_yaml("agent-identity", AGENT_ID),
-            secret = secret_file.display()
-        ),
+"#
+    );
+    let agent_cfg = dir.write(
+        "agent.yaml",
+        &(identity_yaml("agent-identity", AGENT_ID)
+            + &files.agent_config(&token_url, "passthrough", &agent_routes)),
     );
     let tool_yaml = |identity: String, mtls: &str, extra: &str, aud: &str| -> String {
         format!(
@@ -928,7 +367,7 @@ admin:
         start_authbridge(
             name,
             ns_name,
-            &proxy_bin,
+            proxy_bin,
             cfg,
             dir.path().join(format!("{name}.log")),
         )
@@ -941,15 +380,10 @@ admin:
                 if let Some(s) = p.exited() {
                     panic!("{} authbridge exited early ({s}):\n{}", p.name, p.logs());
                 }
-                status_200(curl(ns_name, None, "http://127.0.0.1:9901/readyz", &[]))
+                status_200(HARNESS.curl(ns_name, None, "http://127.0.0.1:9901/readyz", &[]))
             },
         );
     }
-    let metrics = |ns_name: &str| -> String {
-        let r = curl(ns_name, None, "http://127.0.0.1:9901/metrics", &[]).expect("GET /metrics");
-        assert_eq!(r.status, 200, "/metrics: {}", r.body);
-        r.body
-    };
     let logs = |what: &str| {
         let mut s = what.to_string();
         for p in &proxies {
@@ -961,7 +395,11 @@ admin:
         }
         s
     };
-    let (agent_m0, tool_m0, mtool_m0) = (metrics(&a), metrics(&t), metrics(&m));
+    let (agent_m0, tool_m0, mtool_m0) = (
+        HARNESS.metrics(&a),
+        HARNESS.metrics(&t),
+        HARNESS.metrics(&m),
+    );
 
     // The agent's plain curl (UID 1000, no proxy settings) with the user's token and a forged
     // identity header: captured in the agent pod, exchanged at the STS for audience = the tool's
@@ -969,13 +407,14 @@ admin:
     // to the app on 127.0.0.1:8080 with identity headers set by the tool's AuthBridge.
     let via_both = |host: &str, path: &str, aud: &str, peer: Option<&str>| -> Value {
         let u = url(host, TOOL_PORT, path);
-        let r = curl(
-            &a,
-            Some(CLIENT_UID),
-            &u,
-            &["-H", &bearer, "-H", "x-authbridge-sub: mallory"],
-        )
-        .unwrap_or_else(|e| panic!("{}", logs(&e)));
+        let r = HARNESS
+            .curl(
+                &a,
+                Some(CLIENT_UID),
+                &u,
+                &["-H", &bearer, "-H", "x-authbridge-sub: mallory"],
+            )
+            .unwrap_or_else(|e| panic!("{}", logs(&e)));
         assert_eq!(
             r.status,
             200,
@@ -996,17 +435,7 @@ admin:
             got["remote"], "127.0.0.1",
             "the request did not come through the tool's inbound proxy: {got}"
         );
-        let auth = got["authorization"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no Authorization reached the tool: {got}"));
-        let token = auth
-            .strip_prefix("Bearer ")
-            .unwrap_or_else(|| panic!("not a bearer token: {auth}"));
-        assert_ne!(
-            token, user_token,
-            "the tool got the user's own token: no exchange happened"
-        );
-        let claims = jwt_claims(token);
+        let claims = exchanged_claims(&got, &user_token);
         assert!(
             auds(&claims).iter().any(|x| x == aud),
             "exchanged token aud lacks {aud}: {claims}"
@@ -1047,12 +476,14 @@ admin:
     //    pod, which checks the peer (allowed_peers) and the token (aud = that tool's ID).
     via_both(MTOOL_V4, "/mtls/tools/run", MTOOL_ID, Some(AGENT_ID));
     assert_eq!(last_exchange()["form"]["audience"], MTOOL_ID);
-    let agent_m1 = metrics(&a);
+    let agent_m1 = HARNESS.metrics(&a);
 
     // 4. The user's ORIGINAL token sent straight into the tool pod: UID 1337 is exempt from the
     //    agent pod's capture, so nothing exchanges it; the tool's inbound refuses it (wrong aud).
     let u = url(TOOL_V4, TOOL_PORT, "/tools/run");
-    let r = curl(&a, Some(PROXY_UID), &u, &["-H", &bearer]).unwrap_or_else(|e| panic!("{e}"));
+    let r = HARNESS
+        .curl(&a, Some(PROXY_UID), &u, &["-H", &bearer])
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         r.status,
         401,
@@ -1070,7 +501,9 @@ admin:
 
     // 5. No token at all, from the agent's client: the agent passes it through
     //    (no_token_policy: passthrough) and the tool's inbound refuses it.
-    let r = curl(&a, Some(CLIENT_UID), &u, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let r = HARNESS
+        .curl(&a, Some(CLIENT_UID), &u, &[])
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.status, 401, "{}", logs(&format!("no token: {}", r.body)));
     assert_eq!(
         r.header("www-authenticate"),
@@ -1082,7 +515,7 @@ admin:
 
     // 6. Plaintext straight into the strict pod (UID 1337, not captured, so no mTLS
     //    origination): no HTTP answer at all, the connection is closed.
-    let r = curl(
+    let r = HARNESS.curl(
         &a,
         Some(PROXY_UID),
         &url(MTOOL_V4, TOOL_PORT, "/plain"),
@@ -1096,13 +529,14 @@ admin:
 
     // 7. The tool pod's INBOUND_PORTS_EXCLUDE port is not captured: the app answers directly
     //    (peer = the agent's address, no identity headers), even without a token.
-    let r = curl(
-        &a,
-        Some(PROXY_UID),
-        &url(TOOL_V4, TOOL_EXCLUDED_PORT, "/direct"),
-        &[],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let r = HARNESS
+        .curl(
+            &a,
+            Some(PROXY_UID),
+            &url(TOOL_V4, TOOL_EXCLUDED_PORT, "/direct"),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.status, 200, "excluded port: {}", r.body);
     let got = r.json();
     assert_eq!(got["remote"], AGENT_V4, "{got}");
@@ -1113,7 +547,11 @@ admin:
     //    more exchange/forwarded (the route's action, although no token was exchanged). Tool:
     //    two allowed, one wrong audience, one missing token (the excluded port never reached
     //    it). Strict tool: one allowed, one plaintext refused.
-    let (agent_m2, tool_m1, mtool_m1) = (metrics(&a), metrics(&t), metrics(&m));
+    let (agent_m2, tool_m1, mtool_m1) = (
+        HARNESS.metrics(&a),
+        HARNESS.metrics(&t),
+        HARNESS.metrics(&m),
+    );
     let delta = |m1: &str, m0: &str, k: &str| metric(m1, k) - metric(m0, k);
     let counts = [
         delta(&agent_m1, &agent_m0, EXCH_FWD),
@@ -1157,8 +595,5 @@ admin:
         );
     }
     drop(apps);
-    eprintln!(
-        "two-pods test passed in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+    HARNESS.passed(started);
 }

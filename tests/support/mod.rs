@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod mtls;
+pub mod netns;
 pub mod sts;
 pub mod upstream;
 
