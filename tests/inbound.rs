@@ -98,6 +98,22 @@ async fn strict_mtls_with_jwt_allows_valid_callers_and_sets_identity_headers() {
     assert_eq!(j["identity"]["x-authbridge-iss"], s.sts.issuer.as_str());
     assert_eq!(j["identity"]["x-authbridge-client-id"], "frontend");
 
+    // HTTP/2 negotiated by ALPN on the mTLS connection; the agent still gets HTTP/1.1.
+    let (alpn, status, body) = authbridge_e2e::mtls::h2_get(
+        s.proxy.inbound,
+        caller.clone(),
+        "/over-h2",
+        &[("authorization", &bearer)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(status, 200, "{body}");
+    let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(j["path"], "/over-h2");
+    assert_eq!(j["identity"]["x-authbridge-peer-id"], CALLER);
+    assert_eq!(j["identity"]["x-authbridge-sub"], "alice");
+
     // Keep-alive: a second request on the same connection, an ES256 token this time.
     let es = token(&s.sts, AGENT, &[("alg", "ES256")]).await;
     let a = c
@@ -105,7 +121,7 @@ async fn strict_mtls_with_jwt_allows_valid_callers_and_sets_identity_headers() {
         .await
         .unwrap();
     assert_eq!(a.status, 200, "{}", a.body);
-    assert_eq!(s.up.hits(), 2);
+    assert_eq!(s.up.hits(), 3);
 
     // No token: 401 with the bare challenge.
     let a = c.get("/tools/run", &[]).await.unwrap();
@@ -139,7 +155,7 @@ async fn strict_mtls_with_jwt_allows_valid_callers_and_sets_identity_headers() {
         assert!(!a.body.contains(bad), "token echoed in the answer");
         assert_eq!(a.json()["error"], "unauthorized");
     }
-    assert_eq!(s.up.hits(), 2, "a rejected request reached the agent");
+    assert_eq!(s.up.hits(), 3, "a rejected request reached the agent");
 
     // Bypass paths need no token; traversal out of a bypass pattern does.
     let a = c.get("/healthz", &[]).await.unwrap();

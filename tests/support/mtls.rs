@@ -149,3 +149,51 @@ impl rustls::client::ResolvesClientCert for NoCert {
         false
     }
 }
+
+/// One HTTP/2 request over mTLS (ALPN `h2`); returns (negotiated ALPN, status, body).
+pub async fn h2_get(
+    addr: SocketAddr,
+    ident: Arc<X509Identity>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Option<Vec<u8>>, u16, String), String> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let (_tx, rx) = watch::channel(Some(ident));
+    let cfg = client_config(rx, ExpectedPeer::Any, &[b"h2"]);
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(
+            rustls::pki_types::ServerName::try_from("agent").unwrap(),
+            tcp,
+        )
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let alpn = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut b = http::Request::get(format!("https://agent.local{path}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(b.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((alpn, status, String::from_utf8_lossy(&body).into_owned()))
+}

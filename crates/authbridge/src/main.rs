@@ -6,10 +6,13 @@ mod cli;
 mod config;
 mod dev;
 mod dev_issuer;
+mod logging;
 mod run;
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    cli::main()
+    let code = cli::main();
+    logging::flush();
+    code
 }

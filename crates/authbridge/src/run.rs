@@ -21,16 +21,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == LogFormat::Json {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
-    }
+    crate::logging::init(format);
 }
 
 fn config_error(msg: impl std::fmt::Display) -> ExitCode {
