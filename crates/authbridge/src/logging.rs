@@ -1,57 +1,71 @@
-//! Log output off the request path: each event is formatted into its own buffer and handed to
-//! a writer thread, which writes to stderr in batches. A request (and its access-log line)
-//! never waits for a `write(2)` to a slow pipe or file; when the writer falls far behind, the
-//! bounded queue makes callers wait rather than drop lines.
+//! Log output off the request path: each event is formatted into its own buffer, appended to
+//! a shared batch, and a writer thread writes the batch to stderr every few milliseconds (or at
+//! once when it grows large). A request (and its access-log line) never waits for a `write(2)`
+//! to a slow pipe or file, and a busy proxy makes one write per batch instead of one per line.
+//! When the writer falls far behind, callers wait rather than drop lines.
 
 use crate::cli::LogFormat;
 use std::io::{IsTerminal, Write};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::OnceLock;
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
-enum Msg {
-    Line(Vec<u8>),
-    Flush(SyncSender<()>),
+struct Shared {
+    batch: Mutex<Vec<u8>>,
+    /// Signals the writer (batch large) and waiting callers (batch drained).
+    cv: Condvar,
 }
 
-static QUEUE: OnceLock<SyncSender<Msg>> = OnceLock::new();
+static SHARED: OnceLock<&'static Shared> = OnceLock::new();
 
-/// Lines waiting for the writer thread before callers block.
-const QUEUE_LINES: usize = 16 * 1024;
+/// How long a line may wait in the batch.
+const INTERVAL: Duration = Duration::from_millis(5);
+/// A batch this large is written at once.
+const EAGER: usize = 64 * 1024;
+/// Callers wait while the batch is this large (the writer is stuck).
+const LIMIT: usize = 8 * 1024 * 1024;
 
-fn queue() -> &'static SyncSender<Msg> {
-    QUEUE.get_or_init(|| {
-        let (tx, rx) = sync_channel(QUEUE_LINES);
+fn shared() -> &'static Shared {
+    SHARED.get_or_init(|| {
+        let s: &'static Shared = Box::leak(Box::new(Shared {
+            batch: Mutex::new(Vec::with_capacity(EAGER)),
+            cv: Condvar::new(),
+        }));
         std::thread::Builder::new()
             .name("authbridge-log".into())
-            .spawn(move || write_loop(rx))
+            .spawn(move || write_loop(s))
             .expect("spawn the log writer thread");
-        tx
+        s
     })
 }
 
-fn write_loop(rx: Receiver<Msg>) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr().lock());
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        // Write everything queued, then flush once.
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Line(l) => {
-                    let _ = out.write_all(&l);
-                }
-                Msg::Flush(ack) => {
-                    let _ = out.flush();
-                    let _ = ack.send(());
-                }
+fn write_loop(s: &'static Shared) {
+    let mut out = std::io::stderr();
+    let mut spare = Vec::with_capacity(EAGER);
+    loop {
+        {
+            let mut batch = s.batch.lock().unwrap_or_else(|e| e.into_inner());
+            // Idle: sleep until a first line arrives, then give others a moment to join it.
+            while batch.is_empty() {
+                batch = s.cv.wait(batch).unwrap_or_else(|e| e.into_inner());
             }
-            next = rx.try_recv().ok();
+            if batch.len() < EAGER {
+                batch =
+                    s.cv.wait_timeout(batch, INTERVAL)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+            }
+            std::mem::swap(&mut *batch, &mut spare);
         }
-        let _ = out.flush();
+        s.cv.notify_all();
+        if !spare.is_empty() {
+            let _ = out.write_all(&spare);
+            let _ = out.flush();
+            spare.clear();
+        }
     }
 }
 
-/// One event's bytes; queued when the formatter is done with it.
+/// One event's bytes; appended to the batch when the formatter is done with it.
 pub struct Line(Vec<u8>);
 
 impl Write for Line {
@@ -69,13 +83,15 @@ impl Drop for Line {
         if self.0.is_empty() {
             return;
         }
-        let line = std::mem::take(&mut self.0);
-        match queue().try_send(Msg::Line(line)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(msg)) => {
-                let _ = queue().send(msg);
-            }
-            Err(TrySendError::Disconnected(_)) => {}
+        let s = shared();
+        let mut batch = s.batch.lock().unwrap_or_else(|e| e.into_inner());
+        while batch.len() >= LIMIT {
+            batch = s.cv.wait(batch).unwrap_or_else(|e| e.into_inner());
+        }
+        let first = batch.is_empty();
+        batch.extend_from_slice(&self.0);
+        if first || batch.len() >= EAGER {
+            s.cv.notify_all();
         }
     }
 }
@@ -89,13 +105,14 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Writer {
     }
 }
 
-/// Waits (at most a second) until every line logged so far is written.
+/// Writes every line logged so far (called before the process exits).
 pub fn flush() {
-    let Some(q) = QUEUE.get() else { return };
-    let (ack_tx, ack_rx) = sync_channel(1);
-    if q.send(Msg::Flush(ack_tx)).is_ok() {
-        let _ = ack_rx.recv_timeout(Duration::from_secs(1));
-    }
+    let Some(s) = SHARED.get() else { return };
+    let pending = std::mem::take(&mut *s.batch.lock().unwrap_or_else(|e| e.into_inner()));
+    s.cv.notify_all();
+    let mut err = std::io::stderr();
+    let _ = err.write_all(&pending);
+    let _ = err.flush();
 }
 
 /// Installs the global subscriber: `RUST_LOG` filter (default `info`), text (ANSI colours only
@@ -119,13 +136,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lines_are_queued_whole_and_flush_waits_for_them() {
+    fn lines_are_batched_whole_and_flush_empties_the_batch() {
         let mut l = Line(Vec::new());
         l.write_all(b"part one, ").unwrap();
         l.write_all(b"part two\n").unwrap();
         assert_eq!(l.0, b"part one, part two\n");
         drop(l);
-        assert!(QUEUE.get().is_some(), "the line went to the writer queue");
+        let s = SHARED.get().expect("the line went to the shared batch");
         flush();
+        assert!(s.batch.lock().unwrap().is_empty());
     }
 }
