@@ -451,6 +451,25 @@ async fn slow_clients_time_out_and_h2_websocket_and_streaming_pass() {
         "{}",
         String::from_utf8_lossy(&buf)
     );
+    // An idle keep-alive connection is closed once the next request head is overdue.
+    let mut tcp = tokio::net::TcpStream::connect(proxy.inbound).await.unwrap();
+    tcp.write_all(b"GET /first HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut first))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    let idle_started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(8), tcp.read_to_end(&mut rest)).await;
+    assert!(
+        r.is_ok() && idle_started.elapsed() < Duration::from_secs(5),
+        "idle connection kept open"
+    );
+
     // A TLS client that never finishes its handshake is dropped too.
     let started = std::time::Instant::now();
     let mut tcp = tokio::net::TcpStream::connect(proxy.inbound).await.unwrap();
