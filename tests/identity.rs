@@ -366,3 +366,70 @@ async fn files_source_rotation_by_rename_and_data_swap_reaches_new_handshakes() 
     // The connection from before every rotation still works.
     assert_eq!(open.get("/", &[]).await.unwrap().status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_svid_with_no_replacement_is_withdrawn_and_the_pod_turns_not_ready() {
+    let dir = TempDir::new("wl-expire");
+    let ca = TestCa::new("example.org");
+    let fake = FakeWorkloadApi::start(
+        &dir.path().join("agent.sock"),
+        ca.issue_svid(AGENT),
+        vec![ca.bundle()],
+    )
+    .await
+    .unwrap();
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(&inbound_config(&fake.endpoint(), &up), dir).await;
+    // The agent hands out an SVID that expires in 2 s, then goes away.
+    let short = ca.issue_svid_with(
+        AGENT,
+        fake_workload_api::SvidOptions {
+            not_after: Some(std::time::SystemTime::now() + Duration::from_secs(2)),
+            ..Default::default()
+        },
+    );
+    fake.push_x509(short.clone(), vec![ca.bundle()]);
+    let caller = identity(&ca.issue_svid(CALLER), &[&ca]);
+    let t = Instant::now();
+    loop {
+        let c = MtlsClient::connect(proxy.inbound, Some(caller.clone()), caller.clone())
+            .await
+            .unwrap();
+        if c.server_leaf == short.leaf_der() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "short-lived SVID not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fake.set_unavailable(true);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = client
+            .get(format!("http://{}/readyz", proxy.admin))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 503 {
+            assert!(r.text().await.unwrap().contains("identity"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready with an expired SVID:\n{}",
+            proxy.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Fail closed: no handshake presents the expired certificate.
+    let r = async {
+        let mut c =
+            MtlsClient::connect(proxy.inbound, Some(caller.clone()), caller.clone()).await?;
+        c.get("/", &[]).await
+    }
+    .await;
+    assert!(r.is_err(), "a handshake succeeded with an expired SVID");
+}

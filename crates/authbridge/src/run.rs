@@ -262,12 +262,23 @@ async fn serve(
         IdentitySource::WorkloadApi | IdentitySource::Static
     ) || (cfg.identity.source == IdentitySource::Files && cfg.inbound.mtls == MtlsMode::Strict)
     {
-        let pending = readiness.pending("identity");
-        let rx = identity.x509.clone();
+        // Not ready until the first SVID, and again whenever it is withdrawn (expired with no
+        // replacement), so traffic moves away from a pod that cannot do mTLS.
+        let mut pending = Some(readiness.pending("identity"));
+        let mut rx = identity.x509.clone();
+        let readiness = readiness.clone();
         tokio::spawn(async move {
-            let mut rx = rx;
-            let _ = rx.wait_for(|v| v.is_some()).await;
-            pending.ready();
+            loop {
+                if rx.wait_for(|v| v.is_some()).await.is_err() {
+                    return;
+                }
+                drop(pending.take());
+                if rx.wait_for(|v| v.is_none()).await.is_err() {
+                    return;
+                }
+                tracing::warn!("no valid X.509-SVID any more: reporting not ready");
+                pending = Some(readiness.pending("identity"));
+            }
         });
     }
     let authz = match &cfg.inbound.jwt {
