@@ -30,23 +30,6 @@ fn bind_one(addr: SocketAddr, v6_only: Option<bool>) -> io::Result<TcpListener> 
     TcpListener::from_std(sock.into())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn unspecified_v4_accepts_both_families() {
-        let l = bind("0.0.0.0:0".parse().unwrap()).unwrap();
-        let port = l.local_addr().unwrap().port();
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        if std::net::TcpListener::bind("[::1]:0").is_ok() {
-            tokio::net::TcpStream::connect(("::1", port)).await.unwrap();
-        }
-    }
-}
-
 /// Accepts connections until drain is signaled, handing each to `handle` on its own task
 /// (holding a drain guard, so drain waits for it). Accept errors (e.g. out of file
 /// descriptors) are logged and retried after a short pause.
@@ -79,4 +62,21 @@ pub async fn accept_loop<F, Fut>(
         });
     }
     tracing::debug!(listener = name, "listener closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unspecified_v4_accepts_both_families() {
+        let l = bind("0.0.0.0:0".parse().unwrap()).unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        if std::net::TcpListener::bind("[::1]:0").is_ok() {
+            tokio::net::TcpStream::connect(("::1", port)).await.unwrap();
+        }
+    }
 }
