@@ -16,7 +16,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use proxy_core::drain;
 use proxy_core::forward::{self, ForwardError};
 use proxy_core::http::{bearer_token, json_error, Body};
@@ -307,29 +307,15 @@ impl Outbound {
             let drain = drain2.clone();
             async move { Ok::<_, Infallible>(this.handle_request(req, ctx, drain).await) }
         });
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.settings.header_read_timeout)
-            .max_buf_size(self.settings.max_header_bytes.max(8192));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(self.settings.max_header_bytes as u32);
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "outbound connection ended with an error");
-                }
-            }
-            _ = drain.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-        }
+        proxy_core::http::serve_connection(
+            io,
+            svc,
+            self.settings.header_read_timeout,
+            self.settings.max_header_bytes,
+            drain,
+            "outbound",
+        )
+        .await;
     }
 
     async fn handle_request(

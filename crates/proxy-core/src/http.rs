@@ -134,3 +134,53 @@ mod tests {
         assert_eq!(bearer_token(&h), None);
     }
 }
+
+/// Serves HTTP/1.1 (with upgrades) and HTTP/2 on one downstream connection until it ends or
+/// drain is signaled (then in-flight requests finish and the connection closes gracefully).
+/// Request heads larger than `max_header_bytes` are refused (431 on HTTP/1.1); a head not
+/// complete within `header_read_timeout` closes the connection.
+pub async fn serve_connection<I, S, B>(
+    io: I,
+    svc: S,
+    header_read_timeout: std::time::Duration,
+    max_header_bytes: usize,
+    drain: crate::drain::Watch,
+    direction: &'static str,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = Response<B>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_header_bytes as u32);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(direction, error = %e, "connection ended with an error");
+            }
+        }
+        _ = drain.signaled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}

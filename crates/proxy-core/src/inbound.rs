@@ -15,7 +15,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
 use spiffe_source::tls::IdentityRx;
 use spiffe_source::{IdPattern, SpiffeId};
 use std::convert::Infallible;
@@ -224,29 +224,15 @@ impl Inbound {
             let conn = conn.clone();
             async move { Ok::<_, Infallible>(this.handle_request(req, &conn).await) }
         });
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.settings.header_read_timeout)
-            .max_buf_size(self.settings.max_header_bytes.max(8192));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(self.settings.max_header_bytes as u32);
-        let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-        tokio::pin!(c);
-        tokio::select! {
-            r = c.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "inbound connection ended with an error");
-                }
-            }
-            _ = drain.signaled() => {
-                c.as_mut().graceful_shutdown();
-                let _ = c.await;
-            }
-        }
+        crate::http::serve_connection(
+            io,
+            svc,
+            self.settings.header_read_timeout,
+            self.settings.max_header_bytes,
+            drain,
+            "inbound",
+        )
+        .await;
     }
 
     /// Whether `peer` may call: allowed trust domain and `allowed_peers`.
