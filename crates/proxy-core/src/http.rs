@@ -97,44 +97,6 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strips_hop_by_hop_and_named() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-foo"),
-        );
-        h.insert("x-foo", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert("x-keep", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
-        assert!(h.get("x-foo").is_none());
-        assert!(h.get(header::CONNECTION).is_none());
-        assert!(h.get("keep-alive").is_none());
-        assert!(h.get("x-keep").is_some());
-    }
-
-    #[test]
-    fn bearer_parsing() {
-        let mut h = HeaderMap::new();
-        assert_eq!(bearer_token(&h), None);
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("bearer abc"),
-        );
-        assert_eq!(bearer_token(&h), Some("abc"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(bearer_token(&h), None);
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
-        assert_eq!(bearer_token(&h), None);
-    }
-}
-
 /// Serves HTTP/1.1 (with upgrades) and HTTP/2 on one downstream connection until it ends or
 /// drain is signaled (then in-flight requests finish and the connection closes gracefully).
 /// Request heads larger than `max_header_bytes` are refused (431 on HTTP/1.1); a head not
@@ -182,5 +144,43 @@ pub async fn serve_connection<I, S, B>(
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_named() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-foo"),
+        );
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-foo").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get("x-keep").is_some());
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer_token(&h), None);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer abc"),
+        );
+        assert_eq!(bearer_token(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer_token(&h), None);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer_token(&h), None);
     }
 }
