@@ -19,9 +19,20 @@ fn inbound_config(endpoint: &str, up: &Upstream) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotated_svid_is_used_by_new_handshakes_while_open_connections_keep_working() {
-    let dir = TempDir::new("wl-rotate");
+/// A running agent: a fake Workload API holding `first` (an SVID of `AGENT`), and
+/// `authbridge run` with strict inbound mTLS in front of an upstream app.
+struct Agent {
+    ca: TestCa,
+    first: fake_workload_api::Svid,
+    fake: FakeWorkloadApi,
+    _up: Upstream,
+    proxy: Proxy,
+    /// A caller identity (`CALLER`) that trusts `ca`.
+    caller: std::sync::Arc<spiffe_source::X509Identity>,
+}
+
+async fn start_agent(tag: &str) -> Agent {
+    let dir = TempDir::new(tag);
     let ca = TestCa::new("example.org");
     let first = ca.issue_svid(AGENT);
     let fake = FakeWorkloadApi::start(
@@ -34,6 +45,27 @@ async fn rotated_svid_is_used_by_new_handshakes_while_open_connections_keep_work
     let up = Upstream::start().await;
     let proxy = Proxy::start(&inbound_config(&fake.endpoint(), &up), dir).await;
     let caller = identity(&ca.issue_svid(CALLER), &[&ca]);
+    Agent {
+        ca,
+        first,
+        fake,
+        _up: up,
+        proxy,
+        caller,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_svid_is_used_by_new_handshakes_while_open_connections_keep_working() {
+    let Agent {
+        ca,
+        first,
+        fake,
+        proxy,
+        caller,
+        _up,
+        ..
+    } = start_agent("wl-rotate").await;
 
     let mut open = MtlsClient::connect(proxy.inbound, Some(caller.clone()), caller.clone())
         .await
@@ -70,18 +102,14 @@ async fn rotated_svid_is_used_by_new_handshakes_while_open_connections_keep_work
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_ca_in_the_bundle_is_trusted_right_after_the_push_and_not_before() {
-    let dir = TempDir::new("wl-bundle");
-    let ca = TestCa::new("example.org");
+    let Agent {
+        ca,
+        fake,
+        proxy,
+        _up,
+        ..
+    } = start_agent("wl-bundle").await;
     let next_ca = TestCa::new("example.org");
-    let fake = FakeWorkloadApi::start(
-        &dir.path().join("agent.sock"),
-        ca.issue_svid(AGENT),
-        vec![ca.bundle()],
-    )
-    .await
-    .unwrap();
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(&inbound_config(&fake.endpoint(), &up), dir).await;
     // A caller whose SVID comes from the next CA (it trusts both, to verify our SVID).
     let caller = {
         let svid = next_ca.issue_svid(CALLER);
@@ -231,19 +259,15 @@ async fn token_exchange_uses_the_jwt_svid_the_workload_api_issued_for_the_audien
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_svid_keeps_serving_while_the_agent_is_away_and_rotation_resumes() {
-    let dir = TempDir::new("wl-away");
-    let ca = TestCa::new("example.org");
-    let first = ca.issue_svid(AGENT);
-    let fake = FakeWorkloadApi::start(
-        &dir.path().join("agent.sock"),
-        first.clone(),
-        vec![ca.bundle()],
-    )
-    .await
-    .unwrap();
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(&inbound_config(&fake.endpoint(), &up), dir).await;
-    let caller = identity(&ca.issue_svid(CALLER), &[&ca]);
+    let Agent {
+        ca,
+        first,
+        fake,
+        proxy,
+        caller,
+        _up,
+        ..
+    } = start_agent("wl-away").await;
     fake.set_unavailable(true);
     tokio::time::sleep(Duration::from_millis(700)).await;
     // The agent is gone: handshakes keep using the last SVID, and the pod stays ready.
@@ -369,17 +393,13 @@ async fn files_source_rotation_by_rename_and_data_swap_reaches_new_handshakes() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_svid_with_no_replacement_is_withdrawn_and_the_pod_turns_not_ready() {
-    let dir = TempDir::new("wl-expire");
-    let ca = TestCa::new("example.org");
-    let fake = FakeWorkloadApi::start(
-        &dir.path().join("agent.sock"),
-        ca.issue_svid(AGENT),
-        vec![ca.bundle()],
-    )
-    .await
-    .unwrap();
-    let up = Upstream::start().await;
-    let proxy = Proxy::start(&inbound_config(&fake.endpoint(), &up), dir).await;
+    let Agent {
+        ca,
+        fake,
+        proxy,
+        _up,
+        ..
+    } = start_agent("wl-expire").await;
     // The agent hands out an SVID that expires in 2 s, then goes away.
     let short = ca.issue_svid_with(
         AGENT,
