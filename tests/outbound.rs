@@ -414,6 +414,15 @@ async fn no_token_policies_passthrough_and_client_credentials() {
     assert_eq!(status, 200, "{body}");
     assert!(body["authorization"].is_null());
     assert!(sts.requests().await.is_empty());
+    let m = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "authbridge_outbound_requests_total{action=\"exchange\",outcome=\"forwarded_without_token\"}"
+        ),
+        1.0,
+        "{m}"
+    );
 
     let dir = TempDir::new("notok-cc");
     let proxy = Proxy::start(

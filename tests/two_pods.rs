@@ -77,6 +77,8 @@ const USER: &str = "alice";
 
 const EXCH_FWD: &str =
     "authbridge_outbound_requests_total{action=\"exchange\",outcome=\"forwarded\"}";
+const EXCH_FWD_NO_TOKEN: &str =
+    "authbridge_outbound_requests_total{action=\"exchange\",outcome=\"forwarded_without_token\"}";
 const EXCH_OK: &str = "authbridge_token_exchanges_total{result=\"success\"}";
 const CACHE_HIT: &str = "authbridge_exchange_cache_total{result=\"hit\"}";
 const IN_ALL: &str = "authbridge_inbound_decisions_total{";
@@ -544,7 +546,7 @@ admin:
 
     // 8. The counters on the three admin ports. Agent, steps 1-3: three requests forwarded on
     //    exchange routes after TWO exchanges (IPv6 reused the cached token); step 5 adds one
-    //    more exchange/forwarded (the route's action, although no token was exchanged). Tool:
+    //    exchange/forwarded_without_token (no token, no_token_policy: passthrough). Tool:
     //    two allowed, one wrong audience, one missing token (the excluded port never reached
     //    it). Strict tool: one allowed, one plaintext refused.
     let (agent_m2, tool_m1, mtool_m1) = (
@@ -558,6 +560,7 @@ admin:
         delta(&agent_m1, &agent_m0, EXCH_OK),
         delta(&agent_m1, &agent_m0, CACHE_HIT),
         delta(&agent_m2, &agent_m1, EXCH_FWD),
+        delta(&agent_m2, &agent_m1, EXCH_FWD_NO_TOKEN),
         delta(&agent_m2, &agent_m1, EXCH_OK),
         delta(&tool_m1, &tool_m0, IN_ALLOW_TOKEN),
         delta(&tool_m1, &tool_m0, IN_DENY_AUD),
@@ -569,9 +572,9 @@ admin:
     ];
     assert_eq!(
         counts,
-        [3.0, 2.0, 1.0, 1.0, 0.0, 2.0, 1.0, 1.0, 4.0, 1.0, 1.0, 2.0],
+        [3.0, 2.0, 1.0, 0.0, 1.0, 0.0, 2.0, 1.0, 1.0, 4.0, 1.0, 1.0, 2.0],
         "[agent: exchange/forwarded, exchanges ok, cache hits (steps 1-3); exchange/forwarded, \
-         exchanges ok (steps 4-7); tool: allow token, deny wrong_audience, deny missing_token, \
+         exchange/forwarded_without_token, exchanges ok (steps 4-7); tool: allow token, deny wrong_audience, deny missing_token, \
          all; strict tool: allow token, deny plaintext, all] did not rise as expected:\n\
          --- agent ---\n{}\n--- tool ---\n{}\n--- strict tool ---\n{}",
         grep_metrics(&agent_m2),

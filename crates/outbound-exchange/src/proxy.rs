@@ -392,6 +392,7 @@ impl Outbound {
         let action = decision.action;
         let index = decision.index;
         let mut req = req;
+        let mut without_token = false;
         match action {
             Action::Deny => {
                 let r = json_error(
@@ -408,7 +409,8 @@ impl Outbound {
                 Ok(Some(value)) => {
                     req.headers_mut().insert(header::AUTHORIZATION, value);
                 }
-                Ok(None) => {}
+                // No bearer token and `no_token_policy: passthrough`: forwarded as is.
+                Ok(None) => without_token = true,
                 Err(resp) => {
                     access_log(&normalized, index, action, resp.status(), started);
                     return resp;
@@ -422,6 +424,8 @@ impl Outbound {
                 action.as_str(),
                 if resp.status() == StatusCode::BAD_GATEWAY {
                     "upstream_error"
+                } else if without_token {
+                    "forwarded_without_token"
                 } else {
                     "forwarded"
                 },
