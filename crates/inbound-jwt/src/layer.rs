@@ -14,25 +14,15 @@ use std::task::{Context, Poll};
 
 use crate::{BypassPaths, JwtError, Validator, VerifiedClaims};
 
-/// The caller's SPIFFE ID (set by the inbound listener after mTLS, not by this crate).
-pub const HEADER_PEER_ID: HeaderName = HeaderName::from_static("x-authbridge-peer-id");
-/// The token's `sub`.
-pub const HEADER_SUB: HeaderName = HeaderName::from_static("x-authbridge-sub");
-/// The token's `iss`.
-pub const HEADER_ISS: HeaderName = HeaderName::from_static("x-authbridge-iss");
-/// The token's `azp`, else `client_id`.
-pub const HEADER_CLIENT_ID: HeaderName = HeaderName::from_static("x-authbridge-client-id");
+/// The identity header names and the strip function belong to the inbound listener
+/// (proxy-core), which removes caller copies of all four before this crate sets three.
+pub use proxy_core::inbound::{
+    strip_identity_headers, HEADER_CLIENT_ID, HEADER_ISS, HEADER_PEER_ID, HEADER_SUB,
+};
 
 const CHALLENGE: &str = r#"Bearer realm="authbridge""#;
 const CHALLENGE_INVALID: &str = r#"Bearer realm="authbridge", error="invalid_token""#;
 const MISSING_MESSAGE: &str = "a bearer token is required";
-
-/// Removes every `x-authbridge-*` identity header (peer id, sub, iss, client id), e.g. caller
-/// copies before the listener sets `x-authbridge-peer-id`.
-pub fn strip_identity_headers(headers: &mut HeaderMap) {
-    headers.remove(HEADER_PEER_ID);
-    strip_token_headers(headers);
-}
 
 /// Removes the headers this crate sets (not the peer id, which the listener owns).
 fn strip_token_headers(headers: &mut HeaderMap) {

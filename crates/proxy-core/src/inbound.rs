@@ -27,15 +27,22 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
-pub const PEER_ID: HeaderName = HeaderName::from_static("x-authbridge-peer-id");
-/// The identity headers AuthBridge sets; caller-sent copies are always removed.
-pub const IDENTITY_HEADERS: [&str; 4] = [
-    "x-authbridge-peer-id",
-    "x-authbridge-sub",
-    "x-authbridge-iss",
-    "x-authbridge-client-id",
-];
+/// The caller's SPIFFE ID (set by the listener after mTLS).
+pub const HEADER_PEER_ID: HeaderName = HeaderName::from_static("x-authbridge-peer-id");
+/// The token's `sub` (set by the authorizer).
+pub const HEADER_SUB: HeaderName = HeaderName::from_static("x-authbridge-sub");
+/// The token's `iss` (set by the authorizer).
+pub const HEADER_ISS: HeaderName = HeaderName::from_static("x-authbridge-iss");
+/// The token's `azp`, else `client_id` (set by the authorizer).
+pub const HEADER_CLIENT_ID: HeaderName = HeaderName::from_static("x-authbridge-client-id");
 
+/// Removes every `x-authbridge-*` identity header AuthBridge sets: caller-sent copies are
+/// never passed to the agent.
+pub fn strip_identity_headers(headers: &mut HeaderMap) {
+    for h in [HEADER_PEER_ID, HEADER_SUB, HEADER_ISS, HEADER_CLIENT_ID] {
+        headers.remove(h);
+    }
+}
 /// A boxed future returned by [`Authorizer::authorize`].
 pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<(), Response<Body>>> + Send + 'a>>;
 
@@ -100,7 +107,20 @@ pub struct Inbound {
 struct Conn {
     dest: String,
     peer: Option<SpiffeId>,
+    /// Whether `peer` may call (decided once per connection: the peer cannot change on it).
+    peer_allowed: Result<(), String>,
     upstreams: Upstreams<()>,
+}
+
+impl Conn {
+    fn new(inbound: &Inbound, dest: String, peer: Option<SpiffeId>) -> Conn {
+        Conn {
+            peer_allowed: inbound.peer_allowed(peer.as_ref()),
+            dest,
+            peer,
+            upstreams: Upstreams::new(),
+        }
+    }
 }
 
 impl Inbound {
@@ -142,8 +162,8 @@ impl Inbound {
             InboundUpstream::Fixed(hp) => Some(hp.clone()),
             InboundUpstream::OriginalDst => {
                 let d = self.orig_dst.original_dst(stream)?;
-                let local = self.local.get().copied();
-                if Some(d) == local || local.is_some_and(|l| l.port() == d.port()) {
+                // Addressed to this listener itself: not redirected, nowhere to forward.
+                if self.local.get().is_some_and(|l| l.port() == d.port()) {
                     return None;
                 }
                 Some(format!("127.0.0.1:{}", d.port()))
@@ -188,11 +208,7 @@ impl Inbound {
                     }
                 };
                 let peer = spiffe_source::tls::peer_id(tls.get_ref().1.peer_certificates());
-                let conn = Conn {
-                    dest,
-                    peer,
-                    upstreams: Upstreams::new(),
-                };
+                let conn = Conn::new(&self, dest, peer);
                 self.serve_http(tls, conn, drain).await;
             }
             (Sniffed::Plain, Mtls::Strict) => {
@@ -203,11 +219,7 @@ impl Inbound {
                 self.metrics.inbound("deny", "plaintext").inc();
             }
             (Sniffed::Tls { .. }, Mtls::Disabled) | (Sniffed::Plain, _) => {
-                let conn = Conn {
-                    dest,
-                    peer: None,
-                    upstreams: Upstreams::new(),
-                };
+                let conn = Conn::new(&self, dest, None);
                 self.serve_http(io, conn, drain).await;
             }
         }
@@ -275,10 +287,7 @@ impl Inbound {
 
     async fn handle_request(&self, mut req: Request<Incoming>, conn: &Conn) -> Response<Body> {
         let started = Instant::now();
-        let headers = req.headers_mut();
-        for h in IDENTITY_HEADERS {
-            headers.remove(h);
-        }
+        strip_identity_headers(req.headers_mut());
         let resp = self.authorize_and_forward(req, conn).await;
         access_log(conn, &resp, started);
         resp
@@ -289,14 +298,14 @@ impl Inbound {
         mut req: Request<Incoming>,
         conn: &Conn,
     ) -> Response<Body> {
-        if let Err(why) = self.peer_allowed(conn.peer.as_ref()) {
+        if let Err(why) = &conn.peer_allowed {
             tracing::info!(direction = "inbound", reason = %why, "peer denied");
             self.metrics.inbound("deny", "peer_not_allowed").inc();
-            return json_error(StatusCode::FORBIDDEN, "forbidden", &why);
+            return json_error(StatusCode::FORBIDDEN, "forbidden", why);
         }
         if let Some(peer) = &conn.peer {
             if let Ok(v) = HeaderValue::from_str(peer.as_str()) {
-                req.headers_mut().insert(PEER_ID, v);
+                req.headers_mut().insert(HEADER_PEER_ID, v);
             }
         }
         if let Some(authz) = &self.authz {
@@ -365,7 +374,7 @@ fn access_log(conn: &Conn, resp: &Response<Body>, started: Instant) {
         host = %conn.dest,
         peer = conn.peer.as_ref().map(|p| p.as_str()).unwrap_or(""),
         route = -1,
-        action = if resp.status().is_client_error() && matches!(resp.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) { "deny" } else { "allow" },
+        action = if matches!(resp.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) { "deny" } else { "allow" },
         status = resp.status().as_u16(),
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
     );
