@@ -363,18 +363,14 @@ impl Config {
             }
         }
         for (i, td) in self.inbound.allowed_trust_domains.iter().enumerate() {
-            if spiffe_source::SpiffeId::parse(&format!("spiffe://{td}")).is_err() {
-                errors.push(format!("{file}: inbound.allowed_trust_domains[{i}]: {td:?} is not a trust domain name (e.g. example.org, without spiffe://)"));
+            if let Err(m) = spiffe_source::check_trust_domain(td) {
+                errors.push(format!("{file}: inbound.allowed_trust_domains[{i}]: {m}"));
             }
         }
-        if !self.identity.trust_domain.is_empty()
-            && spiffe_source::SpiffeId::parse(&format!("spiffe://{}", self.identity.trust_domain))
-                .is_err()
-        {
-            errors.push(format!(
-                "{file}: identity.trust_domain: {:?} is not a trust domain name (e.g. example.org, without spiffe://)",
-                self.identity.trust_domain
-            ));
+        if !self.identity.trust_domain.is_empty() {
+            if let Err(m) = spiffe_source::check_trust_domain(&self.identity.trust_domain) {
+                errors.push(format!("{file}: identity.trust_domain: {m}"));
+            }
         }
         if self.inbound.mtls == MtlsMode::Disabled && !self.inbound.allowed_peers.is_empty() {
             warnings.push("inbound.allowed_peers is set but inbound.mtls is disabled: no caller can present a SPIFFE ID, so every inbound request gets 403".into());

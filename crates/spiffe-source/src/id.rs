@@ -110,6 +110,16 @@ mod tests {
     }
 }
 
+/// Checks a trust domain name (`example.org`, no scheme, no path) by the SPIFFE ID rules.
+pub fn check_trust_domain(td: &str) -> Result<(), String> {
+    match SpiffeId::parse(&format!("spiffe://{td}")) {
+        Ok(id) if id.path().is_empty() => Ok(()),
+        _ => Err(format!(
+            "{td:?} is not a trust domain name (e.g. example.org, without spiffe:// or a path)"
+        )),
+    }
+}
+
 /// A SPIFFE ID pattern for `allowed_peers`: `*` matches any run of characters within one path
 /// segment (never `/`), `**` any run including `/`; everything else is literal. Compared
 /// case-sensitively (SPIFFE IDs are).
@@ -186,6 +196,10 @@ mod pattern_tests {
         assert!(exact.matches("spiffe://example.org/tool"));
         assert!(!exact.matches("spiffe://example.org/tool2"));
         assert!(IdPattern::parse("example.org/x").is_err());
+        assert!(super::check_trust_domain("example.org").is_ok());
+        for bad in ["spiffe://example.org", "example.org/ns", "Example.org", ""] {
+            assert!(super::check_trust_domain(bad).is_err(), "{bad}");
+        }
         let mid = IdPattern::parse("spiffe://example.org/ns/*-prod/sa/*").unwrap();
         assert!(mid.matches("spiffe://example.org/ns/a-prod/sa/b"));
         assert!(!mid.matches("spiffe://example.org/ns/a/prod/sa/b"));

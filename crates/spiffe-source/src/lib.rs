@@ -21,7 +21,7 @@ pub mod tls;
 pub mod workload;
 pub mod x509;
 
-pub use id::{IdPattern, SpiffeId};
+pub use id::{check_trust_domain, IdPattern, SpiffeId};
 pub use jwt_svid::{JwtSvid, JwtSvidProvider, SvidMinter};
 pub use source::{Identity, SourceSpec};
 pub use x509::X509Identity;

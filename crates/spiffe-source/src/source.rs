@@ -125,9 +125,50 @@ pub fn start(spec: &SourceSpec, on_event: EventFn) -> Result<Identity, IdentityE
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, IdentityError> {
-    std::fs::read(path)
-        .map_err(|e| crate::x509::err(&path.display().to_string(), format!("cannot read: {e}")))
+/// The PEM files of one identity: a chain (leaf first), its key, and optionally the bundle of
+/// its trust domain.
+struct PemFiles<'a> {
+    cert: &'a Path,
+    key: &'a Path,
+    bundle: Option<&'a Path>,
+}
+
+/// The bytes of the cert, key and (if present) bundle files.
+#[derive(PartialEq, Eq)]
+struct PemSet(Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+
+impl PemFiles<'_> {
+    /// Reads the files; with `optional_bundle`, a missing bundle file counts as none.
+    fn read(&self, optional_bundle: bool) -> Result<PemSet, IdentityError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| {
+                crate::x509::err(&p.display().to_string(), format!("cannot read: {e}"))
+            })
+        };
+        let bundle = match self.bundle {
+            Some(b) if optional_bundle && !b.exists() => None,
+            Some(b) => Some(read(b)?),
+            None => None,
+        };
+        Ok(PemSet(read(self.cert)?, read(self.key)?, bundle))
+    }
+
+    /// Validates the set as an identity; errors name the file at fault.
+    fn parse(&self, set: &PemSet) -> Result<X509Identity, IdentityError> {
+        let names = [
+            self.cert.display().to_string(),
+            self.key.display().to_string(),
+            self.bundle
+                .map(|b| b.display().to_string())
+                .unwrap_or_default(),
+        ];
+        X509Identity::from_pem(
+            &set.0,
+            &set.1,
+            set.2.as_deref(),
+            [&names[0], &names[1], &names[2]],
+        )
+    }
 }
 
 fn load_pem_files(
@@ -135,18 +176,8 @@ fn load_pem_files(
     key: &Path,
     bundle: Option<&Path>,
 ) -> Result<X509Identity, IdentityError> {
-    let c = read(cert)?;
-    let k = read(key)?;
-    let b = match bundle {
-        Some(p) => Some(read(p)?),
-        None => None,
-    };
-    let names = [
-        cert.display().to_string(),
-        key.display().to_string(),
-        bundle.map(|b| b.display().to_string()).unwrap_or_default(),
-    ];
-    X509Identity::from_pem(&c, &k, b.as_deref(), [&names[0], &names[1], &names[2]])
+    let files = PemFiles { cert, key, bundle };
+    files.parse(&files.read(false)?)
 }
 
 /// Publishes `next` unless it carries the same material as the current identity.
@@ -191,53 +222,29 @@ pub(crate) fn expire_if_needed(tx: &watch::Sender<Option<Arc<X509Identity>>>, on
     }
 }
 
-/// The bytes of `svid.pem`, `svid_key.pem` and (if present) `svid_bundle.pem`.
-type PemSet = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
-
 async fn watch_files(
     dir: PathBuf,
     tx: watch::Sender<Option<Arc<X509Identity>>>,
     on_event: EventFn,
 ) {
-    let cert = dir.join("svid.pem");
-    let key = dir.join("svid_key.pem");
-    let bundle = dir.join("svid_bundle.pem");
-    // The bytes last tried, so a bad set is reported once, and retried when any file changes.
-    let mut last_tried: Option<[u8; 32]> = None;
+    let (cert, key, bundle) = (
+        dir.join("svid.pem"),
+        dir.join("svid_key.pem"),
+        dir.join("svid_bundle.pem"),
+    );
+    let files = PemFiles {
+        cert: &cert,
+        key: &key,
+        bundle: Some(&bundle),
+    };
+    // What was last seen, so a bad or missing set is reported once and retried when any file
+    // changes: `Ok(set)` the bytes last tried, `Err(())` the files could not be read.
+    let mut last: Option<Result<PemSet, ()>> = None;
     loop {
-        let read_all = || -> std::io::Result<PemSet> {
-            let c = std::fs::read(&cert)?;
-            let k = std::fs::read(&key)?;
-            let b = match std::fs::read(&bundle) {
-                Ok(b) => Some(b),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(e),
-            };
-            Ok((c, k, b))
-        };
-        match read_all() {
-            Ok((c, k, b)) => {
-                use sha2::Digest;
-                let mut h = sha2::Sha256::new();
-                h.update(&c);
-                h.update([0]);
-                h.update(&k);
-                h.update([0]);
-                h.update(b.as_deref().unwrap_or_default());
-                let digest: [u8; 32] = h.finalize().into();
-                if last_tried != Some(digest) {
-                    last_tried = Some(digest);
-                    let names = [
-                        cert.display().to_string(),
-                        key.display().to_string(),
-                        bundle.display().to_string(),
-                    ];
-                    match X509Identity::from_pem(
-                        &c,
-                        &k,
-                        b.as_deref(),
-                        [&names[0], &names[1], &names[2]],
-                    ) {
+        match files.read(true) {
+            Ok(set) => {
+                if last.as_ref().is_none_or(|l| l.as_ref() != Ok(&set)) {
+                    match files.parse(&set) {
                         Ok(ident) => publish(&tx, ident, &on_event),
                         Err(e) => {
                             on_event("x509", "error");
@@ -248,16 +255,13 @@ async fn watch_files(
                             }
                         }
                     }
+                    last = Some(Ok(set));
                 }
             }
             Err(e) => {
-                if last_tried.is_some() || tx.borrow().is_none() {
-                    // Report a missing file once per state change.
-                    let marker = [0xffu8; 32];
-                    if last_tried != Some(marker) {
-                        last_tried = Some(marker);
-                        tracing::warn!(dir = %dir.display(), error = %e, "cannot read the SVID files (svid.pem, svid_key.pem); keeping the previous identity if any");
-                    }
+                if last != Some(Err(())) {
+                    last = Some(Err(()));
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot read the SVID files (svid.pem, svid_key.pem); keeping the previous identity if any");
                 }
             }
         }

@@ -80,6 +80,7 @@ fn map_webpki(e: webpki::Error) -> Error {
 /// peer's own trust domain in the current identity.
 fn verify_peer(
     rx: &IdentityRx,
+    provider: &CryptoProvider,
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     usage: webpki::KeyUsage,
@@ -91,10 +92,8 @@ fn verify_peer(
     let bundle = ident
         .bundle(id.trust_domain())
         .ok_or(Error::InvalidCertificate(CertificateError::UnknownIssuer))?;
-    let mut chain = Vec::with_capacity(1 + intermediates.len());
-    chain.push(end_entity.clone());
-    chain.extend(intermediates.iter().cloned());
-    verify_chain(&chain, bundle, usage).map_err(map_webpki)?;
+    let algs = provider.signature_verification_algorithms.all;
+    verify_chain(end_entity, intermediates, bundle, usage, algs).map_err(map_webpki)?;
     Ok(id)
 }
 
@@ -154,6 +153,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     ) -> Result<ClientCertVerified, Error> {
         verify_peer(
             &self.rx,
+            &self.provider,
             end_entity,
             intermediates,
             webpki::KeyUsage::client_auth(),
@@ -192,6 +192,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     ) -> Result<ServerCertVerified, Error> {
         let id = verify_peer(
             &self.rx,
+            &self.provider,
             end_entity,
             intermediates,
             webpki::KeyUsage::server_auth(),

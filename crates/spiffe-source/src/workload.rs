@@ -137,29 +137,22 @@ impl WorkloadJwt {
         }
     }
 
+    /// The cached JWT-SVID for `audience` while it is before its refresh time (half-life,
+    /// so always before expiry).
+    fn fresh(&self, audience: &str) -> Option<JwtSvid> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let c = cache.get(audience)?;
+        (c.refresh_at > SystemTime::now()).then(|| c.svid.clone())
+    }
+
     pub async fn fetch(&self, audience: &str) -> Result<JwtSvid, IdentityError> {
-        let now = SystemTime::now();
-        if let Some(c) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(audience)
-        {
-            if c.refresh_at > now && c.svid.expiry > now {
-                return Ok(c.svid.clone());
-            }
+        if let Some(svid) = self.fresh(audience) {
+            return Ok(svid);
         }
         let mut guard = self.client.lock().await;
         // Another caller may have refreshed it while we waited.
-        if let Some(c) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(audience)
-        {
-            if c.refresh_at > SystemTime::now() && c.svid.expiry > SystemTime::now() {
-                return Ok(c.svid.clone());
-            }
+        if let Some(svid) = self.fresh(audience) {
+            return Ok(svid);
         }
         let mut last_err = None;
         for _attempt in 0..2 {

@@ -112,8 +112,10 @@ impl X509Identity {
         }
         let own_td = spiffe_id.trust_domain().to_string();
         if let Some(b) = map.get(&own_td) {
-            verify_chain(&chain, b, webpki::KeyUsage::client_auth())
-                .or_else(|_| verify_chain(&chain, b, webpki::KeyUsage::server_auth()))
+            let algs = provider.signature_verification_algorithms.all;
+            let verify = |usage| verify_chain(&chain[0], &chain[1..], b, usage, algs);
+            verify(webpki::KeyUsage::client_auth())
+                .or_else(|_| verify(webpki::KeyUsage::server_auth()))
                 .map_err(|e| {
                     err(
                         source_name,
@@ -198,18 +200,18 @@ impl X509Identity {
     }
 }
 
-/// Verifies `chain` (leaf first) against `bundle` for the given usage, now.
+/// Verifies `leaf` (with `intermediates`) against `bundle` for the given usage, now, with the
+/// crypto provider's signature algorithms `algs`.
 pub fn verify_chain(
-    chain: &[CertificateDer<'_>],
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
     bundle: &TrustBundle,
     usage: webpki::KeyUsage,
+    algs: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm],
 ) -> Result<(), webpki::Error> {
-    let leaf = webpki::EndEntityCert::try_from(&chain[0])?;
-    let algs = rustls::crypto::aws_lc_rs::default_provider()
-        .signature_verification_algorithms
-        .all;
     let now = rustls_pki_types::UnixTime::now();
-    leaf.verify_for_usage(algs, &bundle.anchors, &chain[1..], now, usage, None, None)
+    webpki::EndEntityCert::try_from(leaf)?
+        .verify_for_usage(algs, &bundle.anchors, intermediates, now, usage, None, None)
         .map(|_| ())
 }
 
