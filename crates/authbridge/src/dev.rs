@@ -439,17 +439,7 @@ async fn serve(
         }
     };
     let (_x509_tx, x509_rx) = watch::channel(Some(agent_x509));
-    // `inbound_authorizer` reads the identity only to default the audiences, which `dev`
-    // always sets (the agent's SPIFFE ID), so an empty identity stands in for it.
-    let no_identity =
-        match spiffe_source::source::start(&spiffe_source::SourceSpec::None, Arc::new(|_, _| {})) {
-            Ok(i) => i,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
-        };
-    let authz = match crate::run::inbound_authorizer(&jwt, &no_identity, &metrics, &readiness) {
+    let authz = match crate::run::inbound_authorizer(&jwt, &x509_rx, &metrics, &readiness) {
         Ok(a) => a,
         Err(e) => return usage_error(format!("inbound.jwt: {e}")),
     };

@@ -162,35 +162,19 @@ async fn serve(
     let readiness = Readiness::new();
     let (drain_trigger, drain_watch) = drain::channel();
 
-    let outbound_listener = match proxy_core::listen::bind(eff.outbound_listen) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!(
-                "error: outbound.listen: cannot listen on {}: {e}",
-                eff.outbound_listen
-            );
-            return ExitCode::from(1);
-        }
+    let bind = |key: &str, addr: std::net::SocketAddr| {
+        proxy_core::listen::bind(addr).map_err(|e| {
+            eprintln!("error: {key}: cannot listen on {addr}: {e}");
+            ExitCode::from(1)
+        })
     };
-    let inbound_listener = match proxy_core::listen::bind(eff.inbound_listen) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!(
-                "error: inbound.listen: cannot listen on {}: {e}",
-                eff.inbound_listen
-            );
-            return ExitCode::from(1);
-        }
-    };
-    let admin_listener = match proxy_core::listen::bind(eff.admin_listen) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!(
-                "error: admin.listen: cannot listen on {}: {e}",
-                eff.admin_listen
-            );
-            return ExitCode::from(1);
-        }
+    let (outbound_listener, inbound_listener, admin_listener) = match (
+        bind("outbound.listen", eff.outbound_listen),
+        bind("inbound.listen", eff.inbound_listen),
+        bind("admin.listen", eff.admin_listen),
+    ) {
+        (Ok(o), Ok(i), Ok(a)) => (o, i, a),
+        (Err(code), _, _) | (_, Err(code), _) | (_, _, Err(code)) => return code,
     };
 
     let needs_sts = sts.is_some();
@@ -282,7 +266,7 @@ async fn serve(
         });
     }
     let authz = match &cfg.inbound.jwt {
-        Some(j) => match inbound_authorizer(j, &identity, &metrics, &readiness) {
+        Some(j) => match inbound_authorizer(j, &identity.x509, &metrics, &readiness) {
             Ok(a) => Some(a),
             Err(e) => return config_error(format!("inbound.jwt: {e}")),
         },
@@ -434,7 +418,7 @@ async fn reload_routes(
 /// Until then requests that need a token are refused with 503 (fail closed).
 pub(crate) fn inbound_authorizer(
     j: &crate::config::JwtConfig,
-    identity: &Identity,
+    identity: &spiffe_source::tls::IdentityRx,
     metrics: &Arc<Metrics>,
     readiness: &Readiness,
 ) -> Result<Arc<dyn proxy_core::inbound::Authorizer>, String> {
@@ -443,6 +427,11 @@ pub(crate) fn inbound_authorizer(
     let bypass =
         inbound_jwt::BypassPaths::new(&j.bypass_paths).map_err(|e| format!("bypass_paths: {e}"))?;
     let cell = Arc::new(std::sync::OnceLock::new());
+    let authorizer = JwtAuthorizer {
+        auth: cell.clone(),
+        bypass: bypass.clone(),
+        metrics: metrics.clone(),
+    };
     let build = {
         let j = j.clone();
         let metrics = metrics.clone();
@@ -467,7 +456,7 @@ pub(crate) fn inbound_authorizer(
     } else {
         // Our SPIFFE ID (the default audience) is needed before the JWKS check can start.
         let pending = readiness.pending("jwks");
-        let mut rx = identity.x509.clone();
+        let mut rx = identity.clone();
         let readiness = readiness.clone();
         tokio::spawn(async move {
             let Ok(id) = rx.wait_for(|v| v.is_some()).await.map(|v| v.clone()) else {
@@ -482,20 +471,14 @@ pub(crate) fn inbound_authorizer(
             drop(pending);
         });
     }
-    let not_ready = metrics.clone();
-    Ok(Arc::new(JwtAuthorizer {
-        auth: cell,
-        bypass: inbound_jwt::BypassPaths::new(&j.bypass_paths)
-            .map_err(|e| format!("bypass_paths: {e}"))?,
-        not_ready,
-    }))
+    Ok(Arc::new(authorizer))
 }
 
 struct JwtAuthorizer {
     auth: Arc<std::sync::OnceLock<inbound_jwt::JwtAuth>>,
     /// Used only until `auth` exists, so health checks on bypass paths work meanwhile.
     bypass: inbound_jwt::BypassPaths,
-    not_ready: Arc<Metrics>,
+    metrics: Arc<Metrics>,
 }
 
 impl proxy_core::inbound::Authorizer for JwtAuthorizer {
@@ -510,7 +493,7 @@ impl proxy_core::inbound::Authorizer for JwtAuthorizer {
                 // Caller copies of the identity headers were removed by the listener.
                 None if self.bypass.matches(path) => Ok(()),
                 None => Err({
-                    self.not_ready.inbound("deny", "not_ready").inc();
+                    self.metrics.inbound("deny", "not_ready").inc();
                     proxy_core::http::json_error(
                         http::StatusCode::SERVICE_UNAVAILABLE,
                         "not_ready",
